@@ -13,7 +13,7 @@ MAX_CHARS = 256
 MAX_DEPTH = 32
 MAX_TOKENS = 128
 
-_TOKEN = re.compile(r"\s*(?:(\d+(?:\.\d*)?|\.\d+)|([-+*/()]))")
+_TOKEN = re.compile(r"\s*(?:(\d+(?:\.\d*)?|\.\d+)|([-+*/()]))", re.ASCII)
 
 
 class ArithError(ValueError):
@@ -24,7 +24,7 @@ def _tokenize(expr: str) -> list[str]:
     if len(expr) > MAX_CHARS:
         raise ArithError(f"expression longer than {MAX_CHARS} characters")
     # Accept the forms models write around numbers: thousands separators, a trailing period.
-    expr = re.sub(r"(?<=\d),(?=\d{3}\b)", "", expr).strip().rstrip(".").strip()
+    expr = re.sub(r"(?<=\d),(?=\d{3}\b)", "", expr, flags=re.ASCII).strip().rstrip(".").strip()
     tokens: list[str] = []
     pos = 0
     while pos < len(expr):

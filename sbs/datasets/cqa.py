@@ -38,7 +38,7 @@ class Cqa(TaskDataset):
     licence = "CoS-E: BSD-3-Clause; CommonsenseQA: see its authors"
 
     def _field_ok(self, name: str, value: Any) -> bool:
-        return name == "choices" and isinstance(value, list)
+        return isinstance(value, list) if name == "choices" else isinstance(value, str)
 
     def check_fields(self, record: Any) -> dict[str, Any]:
         record = super().check_fields(record)

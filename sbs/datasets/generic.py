@@ -90,7 +90,7 @@ class GenericDataset(TaskDataset):
         return "\n".join(f"{c.replace('_', ' ').capitalize()}: {str(fields[c]).strip()}" for c in cols)
 
     def _field_ok(self, name: str, value: Any) -> bool:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
+        return isinstance(value, (str, int, float)) and not isinstance(value, bool)
 
     def load(self, split: str, source: str = "shipped", limit: int | None = None, **_: Any) -> list[Example]:
         if split not in self.cfg.files:
