@@ -1,0 +1,72 @@
+"""The one interface every teacher backend implements, and the registry that names them.
+
+A backend turns a Ray Dataset of prompt rows into the same rows with the teacher's text added.
+It must never drop or duplicate a row: a failed generation is a row with `text=""` and `error`
+set, so the pipeline can put it in the rejects table with a reason and the counts add up.
+
+Input rows: id (str), sample (int, 0..k-1), prompt (str: plain-completion rendering),
+messages (str: JSON list of {role, content}: chat rendering), plus pass-through columns.
+Output rows: the same columns plus text (str), error (str | None), tokens_in (int), tokens_out (int).
+
+The pipeline builds the backend with `cfg.sampling.stop` already resolved to a list (the dataset's
+exemplar markers and a blank line when the YAML left it null), and `cfg.sampling.seed + row["sample"]`
+is the seed a backend should use for a row when it can seed per request.
+"""
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, ClassVar
+
+if TYPE_CHECKING:
+    import ray.data
+
+    from sbs.teacher.config import TeacherConfig
+
+# Columns a backend adds to every row.
+OUTPUT_COLUMNS = ("text", "error", "tokens_in", "tokens_out")
+
+# name -> "module:Class", imported only when chosen (vllm/transformers are heavy or absent).
+BACKENDS: dict[str, str] = {
+    "hf": "sbs.teacher.backends.hf:HfBackend",
+    "openai": "sbs.teacher.backends.openai:OpenAIBackend",
+    "replay": "sbs.teacher.backends.replay:ReplayBackend",
+    "echo": "sbs.teacher.backends.replay:EchoBackend",
+    "vllm": "sbs.teacher.backends.vllm:VllmBackend",
+}
+
+
+class TeacherBackend(ABC):
+    """A teacher LLM behind Ray Data. Subclasses set `name` and implement `generate`."""
+
+    name: ClassVar[str]
+    wants_chat: bool = False  # True: the backend reads row["messages"]; False: row["prompt"]
+
+    def __init__(self, cfg: "TeacherConfig"):
+        self.cfg = cfg
+
+    @abstractmethod
+    def generate(self, ds: "ray.data.Dataset") -> "ray.data.Dataset":
+        """Input rows: id (str), sample (int, 0..k-1), prompt (str, completion rendering),
+        messages (str: JSON list of {role, content}), plus pass-through columns.
+        Output rows: the same columns plus text (str; "" on failure), error (str or None),
+        tokens_in (int), tokens_out (int). Never drops or duplicates a row; failures are rows with error set."""
+
+    def describe(self) -> str:
+        """`backend/model` string recorded in every accepted row's `teacher` column."""
+        return self.name
+
+
+def backend_class(name: str) -> type[TeacherBackend]:
+    if name not in BACKENDS:
+        raise KeyError(f"teacher.backend: unknown {name!r}; choose one of {sorted(BACKENDS)}")
+    module_name, cls_name = BACKENDS[name].split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        raise RuntimeError(f"teacher backend {name!r} is not available here ({module_name}: {e})") from e
+    return getattr(module, cls_name)
+
+
+def make_backend(cfg: "TeacherConfig") -> TeacherBackend:
+    return backend_class(cfg.backend)(cfg)
