@@ -72,7 +72,8 @@ class OpenAIConfig(Config):
 
 
 class ReplayConfig(Config):
-    column: str = Field("teacher", description="input column holding the recorded teacher continuation")
+    """backend=replay plays the recorded continuation shipped with each example (Example.teacher,
+    the paper's PaLM 540B outputs) through the same pipeline; it has no settings."""
 
 
 class VllmConfig(Config):
@@ -98,7 +99,7 @@ class TeacherConfig(Config):
         "shipped", description="shipped: Parquet inside the package; hub: Hugging Face hub; file: `input_path`")
     input_path: str | None = Field(None, description="source=file: a Parquet file in the dataset's shipped format")
     out: str = Field("outputs/teacher/run", description="output directory (accepted/, rejects/, stats.json)")
-    backend: str = Field("replay", description="teacher backend: hf, openai, replay, echo, vllm")
+    backend: str = Field("replay", description="teacher backend: hf, openai, replay, vllm")
     prompt: PromptConfig = Field(default_factory=PromptConfig, description="prompt rendering")
     sampling: SamplingConfig = Field(default_factory=SamplingConfig, description="decoding")
     filter: FilterConfig = Field(default_factory=FilterConfig, description="acceptance filters")

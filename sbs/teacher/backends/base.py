@@ -7,6 +7,7 @@ set, so the pipeline can put it in the rejects table with a reason and the count
 Input rows: id (str), sample (int, 0..k-1), prompt (str: plain-completion rendering),
 messages (str: JSON list of {role, content}: chat rendering), plus pass-through columns.
 Output rows: the same columns plus text (str), error (str | None), tokens_in (int), tokens_out (int).
+Only the rendering the backend wants (`wants_chat`) is filled; the other column holds "".
 
 The pipeline builds the backend with `cfg.sampling.stop` already resolved to a list (the dataset's
 exemplar markers and a blank line when the YAML left it null), and `cfg.sampling.seed + row["sample"]`
@@ -31,7 +32,6 @@ BACKENDS: dict[str, str] = {
     "hf": "sbs.teacher.backends.hf:HfBackend",
     "openai": "sbs.teacher.backends.openai:OpenAIBackend",
     "replay": "sbs.teacher.backends.replay:ReplayBackend",
-    "echo": "sbs.teacher.backends.replay:EchoBackend",
     "vllm": "sbs.teacher.backends.vllm:VllmBackend",
 }
 
@@ -41,6 +41,9 @@ class TeacherBackend(ABC):
 
     name: ClassVar[str]
     wants_chat: bool = False  # True: the backend reads row["messages"]; False: row["prompt"]
+    # False only for backends that ignore the prompt (replay): then the prompt's exemplars are not
+    # in the teacher's context, so they need not be held out of the outputs.
+    uses_prompt: ClassVar[bool] = True
 
     def __init__(self, cfg: "TeacherConfig"):
         self.cfg = cfg
@@ -55,6 +58,11 @@ class TeacherBackend(ABC):
     def describe(self) -> str:
         """`backend/model` string recorded in every accepted row's `teacher` column."""
         return self.name
+
+
+def resolve_chat(cfg: "TeacherConfig", backend_default: bool) -> bool:
+    """`prompt.chat: auto` means what the backend prefers; true/false override it."""
+    return backend_default if cfg.prompt.chat == "auto" else bool(cfg.prompt.chat)
 
 
 def backend_class(name: str) -> type[TeacherBackend]:
