@@ -1,0 +1,195 @@
+"""The served student over real HTTP: one Serve app (three random-weight students) on 127.0.0.1.
+
+Starting Serve costs ~25-40 s on 2 cores, so the whole module shares one app. Random weights give
+arbitrary labels: these tests check shapes, validation, status codes and routing, not accuracy.
+"""
+from __future__ import annotations
+
+import json
+import socket
+
+import pytest
+import requests
+
+from sbs.serve.config import ServeConfig
+from sbs.serve.sample_models import make_export
+
+MAX_ITEMS = 8
+MAX_INPUT = 160  # tokens (ByT5: bytes + eos), small so "too long" is cheap to send
+NLI = {"premise": "A man plays a guitar on stage.", "hypothesis": "A person is making music."}
+SVAMP = {"problem": "Dan has 5 apples and buys 3 more. How many apples does Dan have?"}
+CQA = {"question": "Where would you find a fish?", "choices": ["tree", "sky", "river", "desk", "car"]}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def url(ray_local, tmp_path_factory):
+    from ray import serve
+
+    from sbs.serve.cli import deploy
+
+    root = tmp_path_factory.mktemp("students")
+    students = [("esnli", "multitask"), ("svamp", "standard"), ("cqa", "single_task")]
+    specs = [{"dataset": d, "export_dir": str(make_export(root / d, d, m, max_input_length=MAX_INPUT))}
+             for d, m in students]
+    cfg = ServeConfig(port=_free_port(), students=specs, max_items_per_request=MAX_ITEMS,
+                      batching={"max_batch_size": MAX_ITEMS, "batch_wait_timeout_s": 0.05},
+                      ray_actor_options={"num_cpus": 0.5}, ingress={"num_cpus": 0.1})
+    assert cfg.host == "127.0.0.1"
+    try:
+        yield deploy(cfg, ready_timeout=240)
+    finally:
+        serve.shutdown()
+
+
+def post(url: str, body, **kw) -> requests.Response:
+    data = body if isinstance(body, (str, bytes)) else json.dumps(body)
+    headers = kw.pop("headers", {"content-type": "application/json"})
+    return requests.post(url + "/v1/predict", data=data, headers=headers, timeout=60, **kw)
+
+
+# --- each dataset's input shape, single and list -----------------------------------------------
+
+@pytest.mark.parametrize("dataset,record,method", [
+    ("esnli", NLI, "multitask"), ("svamp", SVAMP, "standard"), ("cqa", CQA, "single_task")])
+def test_dataset_fields_single_and_list(url, dataset, record, method):
+    r = post(url, {"dataset": dataset, "input": record})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert (body["dataset"], body["method"], body["model"]) == (dataset, method, f"{dataset}-{method}")
+    assert len(body["predictions"]) == 1 and isinstance(body["predictions"][0]["label"], str)
+    assert body["predictions"][0]["rationale"] is None  # label-only unless explain is asked
+
+    r = post(url, {"dataset": dataset, "inputs": [record] * 3})
+    assert r.status_code == 200, r.text
+    assert len(r.json()["predictions"]) == 3
+
+
+def test_raw_student_input_text(url):
+    text = "Premise: A dog runs.\nHypothesis: An animal moves."
+    r = post(url, {"dataset": "esnli", "input": text})
+    assert r.status_code == 200, r.text and len(r.json()["predictions"]) == 1
+    r = post(url, {"dataset": "esnli", "inputs": [text, NLI]})  # raw text and fields may mix
+    assert r.status_code == 200, r.text
+    assert len(r.json()["predictions"]) == 2
+
+
+def test_list_is_batched_in_the_replica(url):
+    r = post(url, {"dataset": "esnli", "inputs": [NLI] * MAX_ITEMS})
+    assert r.status_code == 200, r.text
+    stats = requests.get(url + "/v1/stats", timeout=30).json()["esnli"]
+    # The 8 examples reached the replica as separate calls; @serve.batch regrouped them.
+    assert stats["max_batch_size"] > 1, stats
+    assert stats["max_batch_size"] <= MAX_ITEMS
+
+
+# --- explain -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dataset,record", [("esnli", NLI), ("cqa", CQA)])
+def test_explain_returns_a_rationale_when_trained_for_it(url, dataset, record):
+    r = post(url, {"dataset": dataset, "inputs": [record, record], "explain": True})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["explain_unavailable"] is None
+    assert all(isinstance(p["rationale"], str) for p in body["predictions"])
+
+
+def test_explain_on_a_standard_student_says_it_cannot(url):
+    r = post(url, {"dataset": "svamp", "input": SVAMP, "explain": True})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert "cannot explain" in body["explain_unavailable"] and "'standard'" in body["explain_unavailable"]
+    assert body["predictions"][0]["rationale"] is None and isinstance(body["predictions"][0]["label"], str)
+
+
+# --- health, model info, several students -----------------------------------------------------
+
+def test_healthz(url):
+    r = requests.get(url + "/healthz", timeout=30)
+    assert r.status_code == 200 and r.json()["status"] == "ok"
+    assert r.json()["students"] == ["cqa", "esnli", "svamp"]
+
+
+def test_model_info(url):
+    r = requests.get(url + "/v1/model", timeout=30)
+    assert r.status_code == 200
+    students = {s["dataset"]: s for s in r.json()["students"]}
+    assert set(students) == {"cqa", "esnli", "svamp"}
+    e = students["esnli"]
+    assert e["method"] == "multitask" and e["label_space"] == ["entailment", "neutral", "contradiction"]
+    assert e["name"] == "esnli-multitask" and len(e["version"]) == 12 and e["can_explain"]
+    assert e["input_fields"] == ["premise", "hypothesis"] and e["max_input_tokens"] == MAX_INPUT
+    assert students["svamp"]["label_space"] is None and not students["svamp"]["can_explain"]
+    one = requests.get(url + "/v1/model", params={"dataset": "cqa"}, timeout=30).json()
+    assert one["dataset"] == "cqa" and one["method"] == "single_task"
+
+
+def test_dataset_selects_the_student(url):
+    got = {d: post(url, {"dataset": d, "input": rec}).json()["model"]
+           for d, rec in (("esnli", NLI), ("svamp", SVAMP), ("cqa", CQA))}
+    assert got == {"esnli": "esnli-multitask", "svamp": "svamp-standard", "cqa": "cqa-single_task"}
+
+
+# --- bad input: a 4xx naming the problem, never a 5xx, and the service stays up -----------------
+
+BAD = [
+    # (case, body, status, words the message must contain)
+    ("malformed json", '{"dataset": "esnli", "input": ', 400, ["not valid JSON"]),
+    ("body not an object", "[1, 2]", 422, ["dictionary"]),
+    ("empty body", "", 422, ["body is missing"]),
+    ("no input", {"dataset": "esnli"}, 422, ["'input'", "'inputs'"]),
+    ("input and inputs", {"dataset": "esnli", "input": NLI, "inputs": [NLI]}, 422, ["exactly one"]),
+    ("extra top-level field", {"dataset": "esnli", "input": NLI, "temperature": 0.7}, 422,
+     ["temperature", "unknown field"]),
+    ("missing record field", {"dataset": "esnli", "input": {"premise": "x"}}, 422, ["input", "hypothesis", "missing"]),
+    ("extra record field", {"dataset": "esnli", "input": {**NLI, "label": "neutral"}}, 422,
+     ["input", "unknown field", "label"]),
+    ("wrong type in record", {"dataset": "esnli", "input": {**NLI, "premise": 5}}, 422,
+     ["premise", "wrong type"]),
+    ("wrong type of explain", {"dataset": "esnli", "input": NLI, "explain": "maybe"}, 422, ["explain", "boolean"]),
+    ("wrong type of dataset", {"dataset": 5, "input": NLI}, 422, ["dataset", "string"]),
+    ("inputs not a list", {"dataset": "esnli", "inputs": "abc"}, 422, ["inputs", "list"]),
+    ("example of wrong type", {"dataset": "esnli", "inputs": [NLI, 3]}, 422, ["inputs[1]", "got int"]),
+    ("empty raw text", {"dataset": "esnli", "input": "   "}, 422, ["input", "empty string"]),
+    ("empty field", {"dataset": "esnli", "input": {**NLI, "hypothesis": ""}}, 422, ["hypothesis", "empty"]),
+    ("empty list", {"dataset": "esnli", "inputs": []}, 422, ["empty list"]),
+    ("cqa choices not a list", {"dataset": "cqa", "input": {**CQA, "choices": "river"}}, 422, ["choices"]),
+    ("cqa one choice", {"dataset": "cqa", "input": {**CQA, "choices": ["river"]}}, 422, ["choices", "2 to"]),
+    ("too many items", {"dataset": "esnli", "inputs": [NLI] * (MAX_ITEMS + 1)}, 422,
+     ["inputs", f"at most {MAX_ITEMS}", "max_items_per_request"]),
+    ("longer than the model's limit", {"dataset": "esnli", "inputs": [NLI, {**NLI, "premise": "a" * 300}]}, 422,
+     ["inputs[1]", "tokens", f"limit is {MAX_INPUT}"]),
+    ("megabyte string", {"dataset": "svamp", "input": "7 " * 500_000}, 422, ["input", "characters"]),
+    ("unknown dataset", {"dataset": "anli1", "input": NLI}, 404, ["anli1", "['cqa', 'esnli', 'svamp']"]),
+    ("no dataset with several students", {"input": NLI}, 422, ["dataset", "several students"]),
+]
+
+
+@pytest.mark.parametrize("case,body,status,words", BAD, ids=[b[0] for b in BAD])
+def test_bad_input_is_a_4xx_naming_the_problem(url, case, body, status, words):
+    r = post(url, body)
+    assert r.status_code == status, f"{case}: {r.status_code} {r.text[:300]}"
+    msg = r.json()["error"]
+    for w in words:
+        assert w in msg, f"{case}: {w!r} not in {msg!r}"
+
+
+def test_wrong_content_type_and_method_are_4xx(url):
+    r = post(url, json.dumps({"dataset": "esnli", "input": NLI}), headers={"content-type": "text/plain"})
+    assert 400 <= r.status_code < 500, r.text
+    assert requests.get(url + "/v1/predict", timeout=30).status_code == 405
+    r = requests.get(url + "/v1/model", params={"dataset": "nope"}, timeout=30)
+    assert r.status_code == 404 and "nope" in r.json()["error"]
+
+
+def test_service_still_answers_after_bad_input(url):
+    for _, body, _, _ in BAD:  # all of them again, back to back
+        assert 400 <= post(url, body).status_code < 500
+    assert requests.get(url + "/healthz", timeout=30).status_code == 200
+    r = post(url, {"dataset": "esnli", "inputs": [NLI, NLI]})
+    assert r.status_code == 200 and len(r.json()["predictions"]) == 2
