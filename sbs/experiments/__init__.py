@@ -1,0 +1,1 @@
+"""Experiments: the paper's sweeps (methods x data fractions x seeds x datasets), benchmarks, the demo."""

@@ -1,0 +1,143 @@
+"""`sbs sweep`: methods x training fractions x seeds x datasets, on Ray, resumable.
+
+    sbs sweep --config configs/sweep/svamp_cqa.yaml
+    sbs sweep --config configs/sweep/svamp_cqa.yaml --report-only   # tables + plots from finished cells
+
+Each cell trains one student (its own Ray Train run, selected on validation only) and scores it
+label-only on the test split. A finished cell writes `cells/<cell>/result.json` atomically and is
+never rerun; a killed sweep reruns only the cells without one (and an interrupted cell resumes from
+its Ray Train checkpoint, since its run name is stable). Tables (CSV, JSON, Markdown with mean and
+standard error over seeds) and plots (PNG) are rewritten after every finished cell.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from sbs.config import load_config
+from sbs.experiments import results
+from sbs.experiments.sweep_config import SweepConfig, SweepDataset
+
+
+def cell_name(dataset: str, method: str, fraction: float, seed: int) -> str:
+    return f"{Path(dataset).stem}__{method}__f{fraction:g}__s{seed}"
+
+
+def cells(cfg: SweepConfig) -> list[dict[str, Any]]:
+    return [{"dataset": d, "method": m, "fraction": f, "seed": s, "cell": cell_name(d.name, m, f, s)}
+            for d in cfg.datasets for f in cfg.fractions for m in cfg.methods for s in cfg.seeds]
+
+
+def student_overrides(cfg: SweepConfig, d: SweepDataset, method: str, fraction: float, seed: int,
+                      cell: str) -> list[str]:
+    out = Path(cfg.out).resolve()
+    ov = [*cfg.overrides, *d.overrides,
+          f"data.dataset={d.name}", f"data.train_split={d.train_split}", f"data.fraction={fraction}",
+          f"data.seed={seed}", f"train.seed={seed}", f"method.name={method}",
+          f"run.name={cell}", f"run.storage_path={out / 'runs'}", f"run.export_dir={out / 'cells' / cell / 'export'}"]
+    if d.valid_split:
+        ov.append(f"data.valid_split={d.valid_split}")
+    if method != "standard" and d.rationales:
+        ov.append(f"data.rationales={Path(d.rationales).resolve()}")
+    return ov
+
+
+def run_cell(cfg_json: dict[str, Any], cell: dict[str, Any]) -> dict[str, Any]:
+    """Train + test one cell; writes and returns its result row. Runs in a Ray task."""
+    from sbs.student.config import load_train_config
+    from sbs.student.evaluate import evaluate_export
+    from sbs.student.trainer import train
+
+    cfg = SweepConfig.model_validate(cfg_json)
+    d = SweepDataset.model_validate(cell["dataset"])
+    ov = student_overrides(cfg, d, cell["method"], cell["fraction"], cell["seed"], cell["cell"])
+    scfg = load_train_config(cfg.student_config, ov)
+    t0 = time.time()
+    outcome = train(scfg)
+    train_s = time.time() - t0
+    ev = evaluate_export(outcome.export_dir, split=d.test_split, limit=d.test_limit, batch_size=cfg.eval_batch)
+    row = {"dataset": Path(d.name).stem, "method": cell["method"], "fraction": cell["fraction"], "seed": cell["seed"],
+           "test_accuracy": ev["accuracy"], "test_examples": ev["examples"],
+           "val_accuracy": outcome.best_metrics.get("val_accuracy"), "best_step": outcome.best_metrics.get("step"),
+           "train_rows": outcome.data_stats.get("train_rows"), "train_seconds": round(train_s, 1),
+           "cell": cell["cell"], "overrides": ov}
+    cell_dir = Path(cfg.out) / "cells" / cell["cell"]
+    cell_dir.mkdir(parents=True, exist_ok=True)
+    tmp = cell_dir / "result.json.tmp"
+    tmp.write_text(json.dumps(row, indent=2), encoding="utf-8")
+    os.replace(tmp, cell_dir / "result.json")  # atomic: a cell is finished or it is not
+    return row
+
+
+def report(cfg: SweepConfig) -> dict[str, Any]:
+    out = Path(cfg.out)
+    done = results.read_cells(out)
+    paths: dict[str, Any] = {}
+    if done:
+        paths = {k: str(v) for k, v in results.write_tables(out, done).items()}
+        paths["plots"] = [str(p) for p in results.write_plots(out, results.summarize(done))]
+    return {"finished_cells": len(done), **paths}
+
+
+def run_sweep(cfg: SweepConfig, max_cells: int | None = None) -> dict[str, Any]:
+    import ray
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "sweep.json").write_text(json.dumps(cfg.model_dump(mode="json"), indent=2), encoding="utf-8")
+    todo = [c for c in cells(cfg) if not (out / "cells" / c["cell"] / "result.json").is_file()]
+    total = len(cells(cfg))
+    print(f"[sbs sweep] {cfg.name}: {total - len(todo)} of {total} cells already finished; {len(todo)} to run",
+          flush=True)
+    if max_cells is not None:
+        todo = todo[:max_cells]
+    if not ray.is_initialized():
+        ray.init()
+    # The cell task itself holds no CPU: its Ray Train workers do, so Ray runs as many cells at
+    # once as their workers fit, capped by parallel_cells.
+    task = ray.remote(num_cpus=0, max_retries=0)(run_cell)
+    cfg_json = cfg.model_dump(mode="json")
+    pending: dict[Any, dict[str, Any]] = {}
+    failed: list[str] = []
+    queue = [dict(c, dataset=c["dataset"].model_dump(mode="json")) for c in todo]
+    finished = 0
+    while queue or pending:
+        while queue and len(pending) < cfg.parallel_cells:
+            c = queue.pop(0)
+            print(f"[sbs sweep] start {c['cell']}", flush=True)
+            pending[task.remote(cfg_json, c)] = c
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        c = pending.pop(ready[0])
+        try:
+            row = ray.get(ready[0])
+            finished += 1
+            print(f"[sbs sweep] done {c['cell']}: test accuracy {row['test_accuracy']:.4f} "
+                  f"(val {row['val_accuracy']}, {row['train_seconds']} s) [{finished}/{len(todo)}]", flush=True)
+            report(cfg)
+        except Exception as e:  # one failed cell must not lose the others; it is rerun next time
+            failed.append(c["cell"])
+            print(f"[sbs sweep] FAILED {c['cell']}: {type(e).__name__}: {str(e)[:500]}", flush=True)
+    summary = report(cfg)
+    summary["failed_cells"] = failed
+    print(f"[sbs sweep] {summary['finished_cells']} of {total} cells finished; tables and plots in {out}", flush=True)
+    return summary
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, help="sweep YAML (see configs/sweep/)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides of the sweep config")
+    p.add_argument("--max-cells", type=int, default=None, help="run at most N unfinished cells, then stop")
+    p.add_argument("--report-only", action="store_true", help="only rewrite tables and plots from finished cells")
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = load_config(SweepConfig, args.config, args.overrides)
+    if args.report_only:
+        print(json.dumps(report(cfg), indent=2))
+        return 0
+    summary = run_sweep(cfg, args.max_cells)
+    return 1 if summary["failed_cells"] else 0

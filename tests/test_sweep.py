@@ -1,0 +1,69 @@
+"""The sweep: tables from cell rows, and resume (a finished cell is never rerun)."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from sbs.config import ConfigError, load_config
+from sbs.experiments import results
+from sbs.experiments.sweep import cells, run_sweep
+from sbs.experiments.sweep_config import SweepConfig
+
+
+def _row(method, fraction, seed, acc, ds="svamp"):
+    return {"dataset": ds, "method": method, "fraction": fraction, "seed": seed, "test_accuracy": acc,
+            "val_accuracy": acc, "best_step": 1, "train_rows": 1, "test_examples": 10, "train_seconds": 1.0,
+            "cell": f"{ds}-{method}-{fraction}-{seed}"}
+
+
+def test_summary_mean_and_standard_error(tmp_path):
+    rows = [_row("multitask", 1.0, 0, 0.5), _row("multitask", 1.0, 1, 0.7), _row("standard", 1.0, 0, 0.4),
+            _row("standard", 0.5, 0, 0.3)]
+    s = {(r["method"], r["fraction"]): r for r in results.summarize(rows)}
+    assert s[("multitask", 1.0)]["test_accuracy_mean"] == pytest.approx(0.6)
+    assert s[("multitask", 1.0)]["test_accuracy_se"] == pytest.approx(math.sqrt(0.02) / math.sqrt(2), abs=1e-4)
+    assert s[("standard", 1.0)]["test_accuracy_se"] is None and s[("standard", 1.0)]["seeds"] == 1
+    md = results.comparison_markdown(results.summarize(rows))
+    assert "| standard | 30.0 (n=1) | 40.0 (n=1) |" in md and "60.0 ± 10.0 (n=2)" in md
+    paths = results.write_tables(tmp_path, rows)
+    assert json.loads(paths["results_json"].read_text())["summary"]
+    pngs = results.write_plots(tmp_path, results.summarize(rows))
+    assert pngs and pngs[0].read_bytes()[:4] == b"\x89PNG"
+
+
+def test_config_checks_name_the_field():
+    with pytest.raises(ConfigError, match=r"datasets.0.rationales"):
+        load_config(SweepConfig, None, ["name=x", "out=o", "datasets=[{name: svamp}]", "methods=[multitask]"])
+    with pytest.raises(ConfigError, match="fractions"):
+        load_config(SweepConfig, None, ["name=x", "out=o", "datasets=[{name: svamp}]", "methods=[standard]",
+                                        "fractions=[0, 1]"])
+    cfg = load_config(SweepConfig, None, ["name=x", "out=o", "datasets=[{name: svamp, rationales: r}]"])
+    assert len(cells(cfg)) == 4 * 3 * 2
+
+
+@pytest.mark.slow
+def test_sweep_resumes_without_rerunning_finished_cells(tmp_path, ray_local):
+    from sbs.student.recorded import write_accepted
+
+    write_accepted("svamp", "train", tmp_path / "rationales", limit=40)
+    cfg = load_config(SweepConfig, None, [
+        "name=tiny", f"out={tmp_path / 'sweep'}",
+        f"datasets=[{{name: svamp, rationales: {tmp_path / 'rationales'}, test_limit: 4}}]",
+        "methods=[standard, multitask]", "fractions=[1.0]", "seeds=[0]",
+        "overrides=[model.name=tiny-t5, train.steps=2, train.eval_every=2, train.global_batch=4, "
+        "train.micro_batch=4, data.valid_limit=4, data.max_input_length=48, data.max_rationale_length=16, "
+        "data.max_label_length=8, train.engine=ddp]"])
+    # the dataset has 800 train examples: keep the cell tiny through the fraction of a 40-row table
+    first = run_sweep(cfg, max_cells=1)
+    assert first["finished_cells"] == 1 and not first["failed_cells"]
+    done = next((tmp_path / "sweep" / "cells").glob("*/result.json"))
+    stamp = done.stat().st_mtime_ns
+    second = run_sweep(cfg)
+    assert second["finished_cells"] == 2 and not second["failed_cells"]
+    assert done.stat().st_mtime_ns == stamp  # the finished cell was not rerun
+    table = json.loads((tmp_path / "sweep" / "results.json").read_text())
+    assert {c["method"] for c in table["cells"]} == {"standard", "multitask"}
+    assert all(0.0 <= c["test_accuracy"] <= 1.0 and c["test_examples"] == 4 for c in table["cells"])
+    assert (tmp_path / "sweep" / "plots" / "svamp_accuracy_vs_fraction.png").is_file()
