@@ -35,11 +35,14 @@ class Prediction:
 
 
 class Student:
-    def __init__(self, model: Any, tokenizer: Any, meta: ExportMeta, device: str = "cpu"):
+    def __init__(self, model: Any, tokenizer: Any, meta: ExportMeta, device: str = "cpu",
+                 generate_kwargs: dict[str, Any] | None = None):
         self.model = model.to(device).eval()
         self.tok = tokenizer
         self.meta = meta
         self.device = device
+        # e.g. synced_gpus=True when validating under ZeRO-3: every rank must run the same decode steps
+        self.generate_kwargs = dict(generate_kwargs or {})
         if meta.model_kind == "causal":
             self.tok.padding_side = "left"  # generation continues the prompt's right end
             if self.tok.pad_token is None:
@@ -66,7 +69,8 @@ class Student:
             prompts = [p + self.meta.causal_separator for p in prompts]
         enc = self.tok(prompts, return_tensors="pt", padding=True, truncation=True,
                        max_length=self.meta.max_input_length).to(self.device)
-        out = self.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1)
+        out = self.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                                  **self.generate_kwargs)
         if self.meta.model_kind == "causal":
             out = out[:, enc["input_ids"].shape[1]:]
         return [t.strip() for t in self.tok.batch_decode(out, skip_special_tokens=True)]

@@ -1,0 +1,73 @@
+"""Rows -> token tensors, per method and model kind, with the loss masked to the target.
+
+Inputs and targets are written by `ExportMeta` (prefixes, single-task answer phrase, causal
+separator), the same object inference uses, so training and `sbs.predict.Student` cannot drift.
+Targets are tokenised without special tokens and end with EOS: an encoder-decoder built from
+BERT would otherwise learn to emit [CLS] first. Padding and (causal) prompt tokens get -100.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from sbs.export import ExportMeta
+
+IGNORE = -100
+Batch = dict[str, torch.Tensor]
+
+
+def _pad(seqs: list[list[int]], value: int) -> torch.Tensor:
+    width = max(len(s) for s in seqs)
+    return torch.tensor([s + [value] * (width - len(s)) for s in seqs], dtype=torch.long)
+
+
+class Collator:
+    """Callable: a batch of rows (list of dicts or dict of columns) -> {"label": Batch, "rationale"?: Batch}."""
+
+    def __init__(self, tokenizer: Any, meta: ExportMeta):
+        self.tok, self.meta = tokenizer, meta
+        self.eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+        self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos
+        if self.eos is None:
+            raise ValueError("tokenizer has neither an eos nor a sep token to end targets with")
+
+    def _targets(self, texts: Sequence[str], max_len: int) -> list[list[int]]:
+        ids = self.tok(list(texts), add_special_tokens=False)["input_ids"]
+        return [t[: max_len - 1] + [self.eos] for t in ids]
+
+    def encode(self, inputs: Sequence[str], targets: Sequence[str], target_len: int) -> Batch:
+        m = self.meta
+        tgt = self._targets(targets, target_len)
+        if m.model_kind == "causal":
+            return self._encode_causal([x + m.causal_separator for x in inputs], tgt)
+        enc = self.tok(list(inputs), truncation=True, max_length=m.max_input_length)["input_ids"]
+        ids = _pad(enc, self.pad)
+        return {"input_ids": ids, "attention_mask": _pad([[1] * len(e) for e in enc], 0),
+                "labels": _pad(tgt, IGNORE)}
+
+    def _encode_causal(self, prompts: list[str], tgt: list[list[int]]) -> Batch:
+        prompt_ids = self.tok(prompts, truncation=True, max_length=self.meta.max_input_length)["input_ids"]
+        seqs = [p + t for p, t in zip(prompt_ids, tgt)]
+        labels = [[IGNORE] * len(p) + t for p, t in zip(prompt_ids, tgt)]  # loss on the target only
+        return {"input_ids": _pad(seqs, self.pad), "attention_mask": _pad([[1] * len(s) for s in seqs], 0),
+                "labels": _pad(labels, IGNORE)}
+
+    def __call__(self, rows: Mapping[str, Sequence[Any]] | list[dict[str, Any]]) -> dict[str, Batch]:
+        cols = _columns(rows)
+        m = self.meta
+        xs, labels = [str(x) for x in cols["input"]], [str(y) for y in cols["label"]]
+        if m.method == "multitask":
+            rats = [str(r) for r in cols["rationale"]]
+            return {"label": self.encode([m.label_input(x) for x in xs], labels, m.max_label_length),
+                    "rationale": self.encode([m.explain_input(x) for x in xs], rats, m.max_rationale_length)}
+        if m.method == "single_task":
+            tgt = [m.single_task_target(r, y) for r, y in zip(cols["rationale"], labels)]
+            return {"label": self.encode(xs, tgt, m.max_rationale_length + m.max_label_length)}
+        return {"label": self.encode(xs, labels, m.max_label_length)}  # standard, distill
+
+
+def _columns(rows: Mapping[str, Sequence[Any]] | list[dict[str, Any]]) -> Mapping[str, Sequence[Any]]:
+    if isinstance(rows, list):
+        return {k: [r[k] for r in rows] for k in ("input", "label", "rationale") if rows and k in rows[0]}
+    return rows

@@ -1,0 +1,266 @@
+"""`train_loop_per_worker`: what each Ray Train worker runs. One readable file.
+
+DeepSpeed or plain DDP is the `train.engine` parameter, branched in four small places (setup,
+backward/step, save, load), not a class tree. Per optimizer step a worker runs `accumulation`
+micro batches of `micro_batch` rows from its Ray Data shard, so every step sees exactly
+`global_batch` examples whatever the worker count. Every `eval_every` steps (and at the end)
+the workers score label-only predictions on their slice of the validation set, save a
+checkpoint and `ray.train.report` it; a restarted worker resumes from `ray.train.get_checkpoint()`.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from sbs.export import ExportMeta
+from sbs.student.collate import Collator
+from sbs.student.config import StudentTrainConfig
+from sbs.student.losses import compute_loss, to_device
+
+STATE_FILE = "sbs_train_state.json"
+DS_TAG = "deepspeed"  # DeepSpeed checkpoint tag (sub-folder) inside a Ray checkpoint
+DDP_FILE = "ddp_state.pt"
+MODEL_DIR = "model"  # save_pretrained weights + tokenizer + sbs_meta.json: what export copies
+
+
+def make_meta(cfg: StudentTrainConfig, kind: str) -> ExportMeta:
+    from sbs.student.data import load_dataset
+
+    ds = load_dataset(cfg)
+    return ExportMeta(method=cfg.method.name, dataset=cfg.data.dataset, model_kind=kind,
+                      label_space=list(ds.label_space) if ds.label_space else None,
+                      input_fields=list(ds.input_fields), base_model=cfg.model.name,
+                      prefixes=cfg.method.prefixes, max_input_length=cfg.data.max_input_length,
+                      max_label_length=cfg.data.max_label_length,
+                      max_rationale_length=cfg.data.max_rationale_length, run_name=cfg.run.name)
+
+
+def deepspeed_config(cfg: StudentTrainConfig) -> dict[str, Any]:
+    t = cfg.train
+    return {"train_batch_size": t.global_batch, "train_micro_batch_size_per_gpu": t.micro_batch,
+            "gradient_accumulation_steps": cfg.accumulation, "gradient_clipping": t.grad_clip,
+            "zero_optimization": {"stage": t.zero_stage}, "bf16": {"enabled": t.bf16},
+            "steps_per_print": 10**9, "wall_clock_breakdown": False}
+
+
+def _scheduler(opt: torch.optim.Optimizer, warmup: int) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
+
+
+def setup_engine(cfg: StudentTrainConfig, model: Any, device: torch.device) -> tuple[Any, Any, Any, Any]:
+    """(net to call forward on, the plain HF module, optimizer, scheduler) for the configured engine."""
+    t = cfg.train
+    # A torch optimizer on purpose: DeepSpeed's CPUAdam JIT-compiles for minutes on CPU.
+    opt = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+    sched = _scheduler(opt, t.warmup_steps)
+    if t.engine == "deepspeed":
+        import deepspeed
+
+        engine, opt, _, sched = deepspeed.initialize(model=model, optimizer=opt, lr_scheduler=sched,
+                                                     config=deepspeed_config(cfg))
+        return engine, engine.module, opt, sched
+    import ray.train.torch
+
+    net = ray.train.torch.prepare_model(model)  # DDP when world > 1; moves to the worker's device
+    return net, getattr(net, "module", net), opt, sched
+
+
+def micro_batches(shard: Any, cfg: StudentTrainConfig, start_step: int) -> Iterator[dict[str, Any]]:
+    """Endless micro batches from the worker's shard, reshuffled (seeded) each pass over it."""
+    epoch = 0
+    while True:
+        n = 0
+        for b in shard.iter_batches(batch_size=cfg.train.micro_batch, drop_last=True, batch_format="numpy",
+                                    local_shuffle_buffer_size=max(64, cfg.train.micro_batch * 4),
+                                    local_shuffle_seed=cfg.train.seed * 100_003 + start_step * 1_009 + epoch):
+            n += 1
+            yield b
+        if n == 0:
+            raise ValueError(f"train.micro_batch ({cfg.train.micro_batch}) exceeds this worker's share of the "
+                             "training rows: lower it or use fewer workers")
+        epoch += 1
+
+
+def _all_mean(values: list[float], world: int) -> list[float]:
+    if world == 1:
+        return values
+    import torch.distributed as dist
+
+    t = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(t)
+    return (t / world).tolist()
+
+
+def _all_sum(values: list[float], world: int) -> list[float]:
+    return [v * world for v in _all_mean(values, world)] if world > 1 else values
+
+
+def validate(module: Any, tok: Any, meta: ExportMeta, examples: list[Any], cfg: StudentTrainConfig,
+             rank: int, world: int, device: torch.device) -> float:
+    """Label-only accuracy on the validation set, each rank scoring a strided slice."""
+    from sbs.datasets import get_dataset
+    from sbs.predict import Student
+
+    mine = examples[rank::world]
+    real = len(mine)
+    zero3 = cfg.train.engine == "deepspeed" and cfg.train.zero_stage == 3 and world > 1
+    if zero3:  # every rank must run the same generate calls and decode steps (parameters are sharded)
+        mine = mine + [examples[0]] * (math.ceil(len(examples) / world) - real)
+    student = Student(module, tok, meta, str(device), generate_kwargs={"synced_gpus": True} if zero3 else None)
+    preds = student.predict([e.input for e in mine], batch_size=cfg.train.eval_batch)
+    ds = get_dataset(cfg.data.dataset)
+    correct = sum(ds.score(p.label, e) for p, e in zip(preds[:real], mine[:real]))
+    module.train()
+    c, n = _all_sum([float(correct), float(real)], world)
+    return c / max(n, 1.0)
+
+
+def save_checkpoint(d: Path, cfg: StudentTrainConfig, net: Any, module: Any, tok: Any, opt: Any, sched: Any,
+                    meta: ExportMeta, state: dict[str, Any], rank: int) -> bool:
+    """Write this rank's part of a checkpoint into `d`; True when the rank has something to report."""
+    if cfg.train.engine == "deepspeed":
+        net.save_checkpoint(str(d), tag=DS_TAG)  # collective: each rank writes its optimizer shard
+    elif rank == 0:
+        torch.save({"model": module.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict()},
+                   d / DDP_FILE)
+    if cfg.train.engine == "deepspeed" and cfg.train.zero_stage == 3:
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
+            if rank == 0:
+                module.save_pretrained(d / MODEL_DIR, safe_serialization=True)
+    elif rank == 0:
+        module.save_pretrained(d / MODEL_DIR, safe_serialization=True)
+    if rank == 0:
+        tok.save_pretrained(d / MODEL_DIR)
+        meta.write(d / MODEL_DIR)
+        (d / STATE_FILE).write_text(json.dumps(state), encoding="utf-8")
+    return rank == 0 or cfg.train.engine == "deepspeed"
+
+
+def load_checkpoint(ckpt: Any, cfg: StudentTrainConfig, net: Any, module: Any, opt: Any, sched: Any
+                    ) -> dict[str, Any]:
+    with ckpt.as_directory() as d:
+        d = Path(d)
+        if cfg.train.engine == "deepspeed":
+            net.load_checkpoint(str(d), tag=DS_TAG)
+        else:
+            st = torch.load(d / DDP_FILE, map_location="cpu", weights_only=False)
+            module.load_state_dict(st["model"])
+            opt.load_state_dict(st["optimizer"])
+            sched.load_state_dict(st["scheduler"])
+        return json.loads((d / STATE_FILE).read_text(encoding="utf-8"))
+
+
+def _maybe_fail(cfg: StudentTrainConfig, step: int, rank: int, world: int) -> None:
+    """Testing hook: one worker dies hard at `fail_at_step`, once (the marker file remembers)."""
+    t = cfg.train
+    if t.fail_at_step != step or rank != (1 if world > 1 else 0) or not t.fail_marker:
+        return
+    marker = Path(t.fail_marker)
+    if marker.exists():
+        return
+    marker.write_text(f"worker {rank} exited at step {step}\n")
+    # Ray Train's controller collects reports on its health-check poll (2 s by default): dying
+    # within one poll of the last report would lose that checkpoint, which a test must not hit.
+    time.sleep(2 * float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "2")) + 1)
+    os._exit(1)
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    import ray.train
+    import ray.train.torch
+
+    if config.get("torch_extensions_dir"):  # share DeepSpeed's JIT cache with the driver's
+        os.environ["TORCH_EXTENSIONS_DIR"] = config["torch_extensions_dir"]
+    cfg = StudentTrainConfig.model_validate(config["cfg"])
+    torch.set_num_threads(cfg.scale.cpus_per_worker)  # the worker owns exactly its CPUs
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+
+    from sbs.student.data import valid_examples
+    from sbs.student.models import build_student
+
+    model, tok, kind = build_student(cfg.model)
+    meta = make_meta(cfg, kind)
+    collate = Collator(tok, meta)
+    valid = valid_examples(cfg, config["valid_ids"], config["valid_split"])
+    net, module, opt, sched = setup_engine(cfg, model, device)
+    module.train()
+
+    state: dict[str, Any] = {"step": 0, "first_train_loss": None, "resumed_from": None}
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is not None:
+        state = load_checkpoint(ckpt, cfg, net, module, opt, sched)
+        state["resumed_from"] = state["step"]
+        if rank == 0:
+            print(f"[sbs train] resumed from step {state['step']}", flush=True)
+    batches = micro_batches(ray.train.get_dataset_shard("train"), cfg, state["step"])
+    bf16 = cfg.train.bf16 and cfg.train.engine == "ddp"  # DeepSpeed handles bf16 itself
+    window: list[dict[str, float]] = []
+    t0 = time.time()
+    while state["step"] < cfg.train.steps:
+        parts = _optimizer_step(cfg, net, module, opt, sched, batches, collate, device, bf16)
+        window.append(parts)
+        state["step"] += 1
+        step = state["step"]
+        _maybe_fail(cfg, step, rank, world)
+        if rank == 0 and step % cfg.train.log_every == 0:
+            print(f"[sbs train] step {step}/{cfg.train.steps} loss {parts['loss']:.4f} "
+                  f"({(time.time() - t0) / len(window):.2f} s/step)", flush=True)
+        if step % cfg.train.eval_every and step != cfg.train.steps:
+            continue
+        keys = sorted(window[0])
+        means = dict(zip(keys, _all_mean([sum(w[k] for w in window) / len(window) for k in keys], world)))
+        if state["first_train_loss"] is None:
+            state["first_train_loss"] = means["loss"]
+        acc = validate(module, tok, meta, valid, cfg, rank, world, device)
+        metrics = {"step": step, "val_accuracy": acc, **{f"train_{k}": v for k, v in means.items()},
+                   "first_train_loss": state["first_train_loss"], "resumed_from": state["resumed_from"],
+                   "global_batch": cfg.train.global_batch, "micro_batch": cfg.train.micro_batch,
+                   "accumulation": cfg.accumulation, "num_workers": world,
+                   "examples_seen": step * cfg.train.global_batch, "sec_per_step": (time.time() - t0) / len(window)}
+        if rank == 0:
+            print(f"[sbs train] step {step}: val_accuracy {acc:.4f} train_loss {means['loss']:.4f}", flush=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            has = save_checkpoint(Path(tmp), cfg, net, module, tok, opt, sched, meta, state, rank)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp) if has else None,
+                             checkpoint_dir_name=f"checkpoint_step{step:07d}")
+        window, t0 = [], time.time()
+
+
+def _optimizer_step(cfg: StudentTrainConfig, net: Any, module: Any, opt: Any, sched: Any,
+                    batches: Iterator[dict[str, Any]], collate: Collator, device: torch.device,
+                    bf16: bool) -> dict[str, float]:
+    """One optimizer step over `accumulation` micro batches; returns the mean loss parts."""
+    accum, ds = cfg.accumulation, cfg.train.engine == "deepspeed"
+    sums: dict[str, float] = {}
+    for i in range(accum):
+        batch = to_device(collate(next(batches)), device)
+        last = i == accum - 1
+        sync = net.no_sync() if (not ds and not last and hasattr(net, "no_sync")) else contextlib.nullcontext()
+        with sync, torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss, parts = compute_loss(net, batch, cfg.method.name, cfg.method.rationale_weight)
+            if ds:
+                net.backward(loss)  # DeepSpeed scales by 1/accumulation itself
+                net.step()  # a no-op until the accumulation boundary
+            else:
+                (loss / accum).backward()
+        for k, v in parts.items():
+            sums[k] = sums.get(k, 0.0) + v / accum
+    if not ds:
+        if cfg.train.grad_clip:
+            torch.nn.utils.clip_grad_norm_(module.parameters(), cfg.train.grad_clip)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+    return sums

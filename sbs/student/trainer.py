@@ -1,0 +1,120 @@
+"""The driver side of student training: rows -> Ray Dataset -> TorchTrainer -> best checkpoint -> export.
+
+`train(cfg)` is what `sbs train` and `jobs/train_student.py` call. Ray Train owns workers,
+failures and checkpoints: `FailureConfig(max_failures)` restarts a run whose worker died from
+its latest checkpoint, and rerunning the same `run.name` under the same `run.storage_path`
+resumes it (Ray Train V2). `CheckpointConfig` keeps the best `num_to_keep` by validation
+accuracy (the latest is always kept too); the best one is exported as a self-contained
+`save_pretrained` directory with `sbs_meta.json`.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sbs.export import ExportMeta
+from sbs.student.config import StudentTrainConfig
+from sbs.student.data import build_rows, to_ray_dataset
+from sbs.student.loop import MODEL_DIR, STATE_FILE, train_loop_per_worker
+
+log = logging.getLogger(__name__)
+SCORE = "val_accuracy"
+
+
+@dataclass
+class TrainOutcome:
+    export_dir: Path
+    best_metrics: dict[str, Any]
+    last_metrics: dict[str, Any]
+    data_stats: dict[str, Any]
+    run_path: str
+
+
+def storage_path(cfg: StudentTrainConfig) -> str:
+    """Ray wants an absolute local path or a URI."""
+    p = cfg.run.storage_path
+    return p if "://" in p else str(Path(p).resolve())
+
+
+def batch_summary(cfg: StudentTrainConfig) -> str:
+    t, s = cfg.train, cfg.scale
+    return (f"global batch {t.global_batch} = micro batch {t.micro_batch} x {s.num_workers} worker(s) x "
+            f"{cfg.accumulation} accumulation step(s)")
+
+
+def build_trainer(cfg: StudentTrainConfig, train_rows: list[dict[str, Any]], valid_ids: list[str],
+                  valid_split: str) -> Any:
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    s, r = cfg.scale, cfg.run
+    resources = {"CPU": s.cpus_per_worker, **({"GPU": 1} if s.use_gpu else {})}
+    loop_config = {"cfg": cfg.model_dump(mode="json"), "valid_ids": valid_ids, "valid_split": valid_split,
+                   "torch_extensions_dir": os.environ.get("TORCH_EXTENSIONS_DIR")}
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker=resources),
+        torch_config=TorchConfig(backend="nccl" if s.use_gpu else "gloo"),
+        run_config=RunConfig(
+            name=r.name, storage_path=storage_path(cfg),
+            failure_config=FailureConfig(max_failures=r.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=r.num_to_keep, checkpoint_score_attribute=SCORE,
+                                               checkpoint_score_order="max"),
+            # workers inherit the thread limits; Ray would otherwise leave OMP unset in some setups
+            worker_runtime_env={"env_vars": {"OMP_NUM_THREADS": str(s.cpus_per_worker),
+                                             "MKL_NUM_THREADS": str(s.cpus_per_worker)}},
+        ),
+        datasets={"train": to_ray_dataset(train_rows)},
+    )
+
+
+def pick_best(result: Any) -> tuple[Any, dict[str, Any]]:
+    """The kept checkpoint with the highest validation accuracy; the later one on a tie."""
+    pairs = list(result.best_checkpoints or [])
+    if not pairs:
+        raise RuntimeError(f"training produced no checkpoint (run at {result.path})")
+    return max(pairs, key=lambda cm: (cm[1].get(SCORE, float("-inf")), cm[1].get("step", 0)))
+
+
+def export_checkpoint(ckpt: Any, metrics: dict[str, Any], out_dir: Path, extra: dict[str, Any]) -> Path:
+    """Copy a checkpoint's `model/` (weights, tokenizer, meta) to `out_dir` and record its metrics."""
+    with ckpt.as_directory() as d:
+        src = Path(d) / MODEL_DIR
+        if not src.is_dir():
+            raise RuntimeError(f"{d}: checkpoint has no {MODEL_DIR}/ folder to export")
+        tmp = out_dir.with_name(out_dir.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(src, tmp)
+        state = json.loads((Path(d) / STATE_FILE).read_text(encoding="utf-8"))
+    meta = ExportMeta.read(tmp)
+    meta.metrics = {**{k: v for k, v in metrics.items() if isinstance(v, (int, float, str)) or v is None},
+                    "checkpoint_step": state.get("step"), **extra}
+    meta.write(tmp)
+    shutil.rmtree(out_dir, ignore_errors=True)  # replace the previous export only once the new one is whole
+    tmp.rename(out_dir)
+    return out_dir
+
+
+def train(cfg: StudentTrainConfig) -> TrainOutcome:
+    import ray
+
+    data = build_rows(cfg)
+    log.info("%s", batch_summary(cfg))
+    print(f"[sbs train] {cfg.method.name} on {cfg.data.dataset}: {data.stats['train_rows']} training rows "
+          f"({data.stats['dropped_no_rationale']} dropped without an accepted rationale), "
+          f"{data.stats['valid']} validation ({data.stats['valid_split']}); {batch_summary(cfg)}", flush=True)
+    if not ray.is_initialized():
+        ray.init(log_to_driver=True)
+    trainer = build_trainer(cfg, data.train, data.valid_ids, data.valid_split)
+    result = trainer.fit()
+    ckpt, best = pick_best(result)
+    extra = {"data": data.stats, "global_batch": cfg.train.global_batch, "accumulation": cfg.accumulation}
+    out = export_checkpoint(ckpt, best, Path(cfg.export_dir()), extra)
+    print(f"[sbs train] exported step {best.get('step')} (val_accuracy {best.get(SCORE)}) to {out}", flush=True)
+    return TrainOutcome(out, best, dict(result.metrics or {}), data.stats, str(result.path))
