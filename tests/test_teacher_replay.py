@@ -1,0 +1,99 @@
+"""Replay teacher through the whole pipeline on SVAMP, output schema, and the self-consistency
+vote. The recorded PaLM outputs must come out exactly as the dataset parser reads them."""
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from sbs.config import load_config
+from sbs.datasets import get_dataset
+from sbs.teacher import judge
+from sbs.teacher.config import TeacherConfig
+from sbs.teacher.pipeline import execute
+from sbs.teacher.shards import ACCEPTED_SCHEMA, REJECTS_SCHEMA
+
+
+def _run(out, *overrides):
+    return execute(load_config(TeacherConfig, None, [f"out={out}", "dataset=svamp", "split=train", "backend=replay",
+                                                     "shard_size=300", "progress=false", *overrides]))
+
+
+def test_replay_svamp_reproduces_the_parser_exactly(ray_local, tmp_path):
+    ds = get_dataset("svamp")
+    examples = ds.load("train")
+    stats = _run(tmp_path / "r", "filter.gold_consistency=false")
+    acc = pq.read_table(tmp_path / "r" / "accepted")
+    rej = pq.read_table(tmp_path / "r" / "rejects")
+    assert acc.schema.equals(ACCEPTED_SCHEMA) and rej.schema.equals(REJECTS_SCHEMA)
+    acc_by = {r["id"]: r for r in acc.to_pylist()}
+    rej_by = {r["id"]: r for r in rej.to_pylist()}
+    assert len(acc_by) + len(rej_by) == len(examples) == acc.num_rows + rej.num_rows
+    for ex in examples:
+        res = ds.parse(ex.teacher, ex)
+        if res.ok:
+            row = acc_by[ex.id]
+            assert (row["rationale"], row["label"]) == (res.rationale, res.label)
+            assert row["rationales"] == [res.rationale] and (row["votes"], row["samples"]) == (1, 1)
+            assert (row["input"], row["gold"], row["dataset"]) == (ex.input, ex.label, "svamp")
+            assert row["teacher"] == "replay/palm-540b-recorded"
+        else:
+            assert (rej_by[ex.id]["reason"], rej_by[ex.id]["detail"]) == (res.reason, res.detail)
+            assert rej_by[ex.id]["raw"] == ex.teacher
+    n_ok = sum(ds.parse(e.teacher, e).ok for e in examples)
+    correct = sum(1 for e in examples if (r := ds.parse(e.teacher, e)).ok and ds.score(r.label, e))
+    assert stats["accepted"] == n_ok and stats["counts_add_up"] and stats["examples_in"] == len(examples)
+    assert stats["teacher_accuracy"] == pytest.approx(correct / len(examples))
+    assert stats["exemplar_ids"] == []  # replay ignores our prompt: nothing to hold out
+
+
+def test_gold_filter_rejects_disagreements(ray_local, tmp_path):
+    ds = get_dataset("svamp")
+    examples = ds.load("train", limit=300)
+    stats = _run(tmp_path / "g", "limit=300")
+    acc = {r["id"] for r in pq.read_table(tmp_path / "g" / "accepted").to_pylist()}
+    rej = {r["id"]: r["reason"] for r in pq.read_table(tmp_path / "g" / "rejects").to_pylist()}
+    for ex in examples:
+        res = ds.parse(ex.teacher, ex)
+        if res.ok and ds.score(res.label, ex):
+            assert ex.id in acc
+        elif res.ok:
+            assert rej[ex.id] == judge.GOLD_MISMATCH
+    assert stats["rejected_by_reason"][judge.GOLD_MISMATCH] == sum(v == judge.GOLD_MISMATCH for v in rej.values())
+    assert stats["accepted"] + stats["rejected"] == 300
+
+
+def _samples(ds_name, texts, gold):
+    ds = get_dataset(ds_name)
+    rows = [{"id": "x", "sample": i, "shard": 0, "shard_expected": len(texts), "shard_exemplars": "[]",
+             "input": "Premise: a\nHypothesis: b", "gold": gold, "text": t, "error": None if t else "HTTP 500",
+             "tokens_in": 1, "tokens_out": 1, "fields": json.dumps({"premise": "a", "hypothesis": "b"})}
+            for i, t in enumerate(texts)]
+    return judge.parse_batch(pa.Table.from_pylist(rows), ds).to_pylist()
+
+
+def test_majority_vote_keeps_agreeing_rationales():
+    s = _samples("esnli", ["r0\nAnswer: neutral", "r1\nAnswer: entailment", "r2\nAnswer: neutral", ""], "neutral")
+    ok, row, right = judge.decide(s, "esnli", "t", gold_filter=True)
+    assert ok and right and row["label"] == "neutral" and row["rationales"] == ["r0", "r2"]
+    assert (row["votes"], row["samples"], row["rationale"]) == (2, 4, "r0")
+    # the majority disagrees with gold -> rejected with the vote in the detail
+    ok, row, right = judge.decide(
+        _samples("esnli", ["a\nAnswer: neutral", "b\nAnswer: neutral", "c\nAnswer: entailment"], "entailment"),
+        "esnli", "t", gold_filter=True)
+    assert not ok and row["reason"] == judge.GOLD_MISMATCH and "2/3 votes" in row["detail"] and right is False
+    assert json.loads(row["raw"]) == ["a\nAnswer: neutral", "b\nAnswer: neutral", "c\nAnswer: entailment"]
+
+
+def test_vote_ties_go_to_the_earliest_sample_and_failures_to_the_commonest_reason():
+    s = _samples("esnli", ["x\nAnswer: contradiction", "y\nAnswer: neutral"], None)
+    ok, row, right = judge.decide(s, "esnli", "t", gold_filter=True)
+    assert ok and row["label"] == "contradiction" and right is None  # no gold: nothing to filter on
+    s = _samples("esnli", ["no marker", "", "still none"], "neutral")
+    ok, row, _ = judge.decide(s, "esnli", "t", gold_filter=True)
+    assert not ok and row["reason"] == "no_answer_marker"
+    ok, row, _ = judge.decide(_samples("esnli", ["", ""], "neutral"), "esnli", "t", gold_filter=True)
+    assert not ok and row["reason"] == judge.TEACHER_ERROR and row["detail"] == "HTTP 500"
+    ok, row, _ = judge.decide(_samples("svamp", ["x. The answer is (84 / 2).", "y. The answer is 42."], "( 84 / 2 )"),
+                              "svamp", "t", gold_filter=True)
+    assert ok and row["votes"] == 2  # equal values vote together
