@@ -1,0 +1,54 @@
+"""Label-only evaluation of an exported student on a dataset split, scored by the dataset.
+
+Predictions go through `sbs.predict.Student` (the same path as serving): the label task only,
+with its short max length. `explain=True` also generates rationales (multitask / single_task)
+and writes them next to the predictions; the accuracy is the label task's either way.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from sbs.datasets import SplitUnavailable, get_dataset
+from sbs.export import ExportMeta
+from sbs.predict import Student
+
+
+def evaluate(export_dir: str | Path, split: str = "test", dataset: str | None = None, batch_size: int = 32,
+             limit: int | None = None, explain: bool = False, student: Student | None = None) -> dict[str, Any]:
+    """{"accuracy", "n", "correct", ..., "predictions": [...]} for one split."""
+    meta = ExportMeta.read(export_dir) if student is None else student.meta
+    name = dataset or meta.dataset
+    ds = get_dataset(name)
+    try:
+        examples = ds.load(split, limit=limit)
+    except SplitUnavailable as e:
+        raise ValueError(f"--split: {e}") from None
+    if not examples:
+        raise ValueError(f"--split: {name}/{split} has no examples")
+    student = student or Student.load(export_dir)
+    t0 = time.time()
+    preds = student.predict([e.input for e in examples], explain=explain, batch_size=batch_size)
+    seconds = time.time() - t0
+    rows, correct = [], 0
+    for e, p in zip(examples, preds):
+        ok = ds.score(p.label, e)
+        correct += ok
+        row = {"id": e.id, "gold": e.label, "pred": p.label, "correct": ok}
+        if explain:
+            row["rationale"] = p.rationale
+        rows.append(row)
+    return {"export_dir": str(export_dir), "dataset": name, "split": split, "method": meta.method,
+            "model_kind": meta.model_kind, "base_model": meta.base_model, "n": len(examples), "correct": correct,
+            "accuracy": correct / len(examples), "explain": explain, "batch_size": batch_size,
+            "seconds": round(seconds, 3), "examples_per_s": round(len(examples) / max(seconds, 1e-9), 2),
+            "predictions": rows}
+
+
+def write_results(results: dict[str, Any], out: str | Path) -> Path:
+    p = Path(out)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(json.dumps(results, indent=2), encoding="utf-8")
+    return p

