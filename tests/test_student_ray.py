@@ -1,0 +1,134 @@
+"""Student stage on Ray Train (private Ray, 2 CPU workers, tiny T5, a handful of steps each).
+
+- DeepSpeed ZeRO-2 through `sbs train` reduces the loss, exports a model that plain transformers,
+  `sbs.predict.Student` and `sbs eval` all load; rerunning the same run name resumes it.
+- DDP with a worker killed mid-run (os._exit, once) resumes from its last checkpoint.
+- 1 vs 2 workers: the same global batch, accumulation derived.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from sbs.cli import main as sbs_main
+from sbs.student.config import load_train_config
+from sbs.student.recorded import write_accepted
+
+ROOT = Path(__file__).resolve().parents[1]
+# One DeepSpeed JIT cache for the whole test run (the Makefile exports the same path).
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions"))
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("student")
+    write_accepted("svamp", "train", d / "rationales")
+    return d
+
+
+def tiny(work: Path, name: str, *over: str) -> list[str]:
+    """Overrides for a few-step multitask run of the tiny T5 on svamp with short sequences."""
+    return ["model.name=tiny-t5", "method.name=multitask", f"data.rationales={work / 'rationales'}",
+            "data.max_input_length=48", "data.max_label_length=12", "data.max_rationale_length=24",
+            "data.valid_limit=8", "train.global_batch=8", "train.micro_batch=4", "train.lr=3e-3",
+            "train.warmup_steps=0", "train.eval_batch=8", "train.log_every=1", "scale.num_workers=2",
+            "scale.cpus_per_worker=1", f"run.storage_path={work / 'runs'}", f"run.name={name}", *over]
+
+
+def train(overrides: list[str]):
+    from sbs.student.trainer import train as run
+
+    return run(load_train_config(None, overrides))
+
+
+@pytest.fixture(scope="module")
+def zero2(ray_local, work):
+    """DeepSpeed ZeRO-2, 2 workers, 6 steps, through the `sbs train` CLI."""
+    over = tiny(work, "zero2", "train.engine=deepspeed", "train.zero_stage=2", "train.steps=6", "train.eval_every=3")
+    assert sbs_main(["train", *over]) == 0
+    return work / "runs" / "zero2"
+
+
+def test_deepspeed_zero2_two_workers_reduces_loss(zero2):
+    meta = json.loads((zero2 / "export" / "sbs_meta.json").read_text())
+    m = meta["metrics"]
+    assert m["num_workers"] == 2 and m["global_batch"] == 8 and m["accumulation"] == 1
+    assert m["step"] == 6 and m["train_loss"] < 0.7 * m["first_train_loss"]
+    assert meta["method"] == "multitask" and meta["prefixes"] == {"predict": "predict: ", "explain": "explain: "}
+
+
+def test_export_loads_with_plain_transformers_and_student(zero2):
+    import torch
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    from sbs.predict import Student
+
+    export = zero2 / "export"
+    assert (export / "model.safetensors").is_file()
+    model = AutoModelForSeq2SeqLM.from_pretrained(export)
+    tok = AutoTokenizer.from_pretrained(export)
+    enc = tok(["predict: Tom has 3 apples and buys 2 more. How many?"], return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(**enc, max_new_tokens=8)
+    assert out.shape[0] == 1 and isinstance(tok.decode(out[0], skip_special_tokens=True), str)
+    preds = Student.load(export).predict(["Tom has 3 apples and buys 2 more. How many?"], explain=True)
+    assert len(preds) == 1 and isinstance(preds[0].label, str) and preds[0].rationale is not None
+
+
+def test_sbs_eval_cli_writes_json(zero2, tmp_path):
+    out = tmp_path / "eval.json"
+    assert sbs_main(["eval", str(zero2 / "export"), "--split", "test", "--limit", "6", "--batch-size", "4",
+                     "--explain", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert (res["dataset"], res["split"], res["n"], res["method"]) == ("svamp", "test", 6, "multitask")
+    assert 0.0 <= res["accuracy"] <= 1.0 and res["correct"] == sum(p["correct"] for p in res["predictions"])
+    assert all("rationale" in p for p in res["predictions"])
+    assert sbs_main(["eval", str(tmp_path / "nope")]) == 1
+
+
+def test_rerun_of_the_same_run_name_resumes(zero2, work):
+    out = train(tiny(work, "zero2", "train.engine=deepspeed", "train.zero_stage=2", "train.steps=9",
+                     "train.eval_every=3"))
+    assert out.last_metrics["resumed_from"] == 6 and out.last_metrics["step"] == 9
+    assert out.last_metrics["first_train_loss"] == pytest.approx(
+        json.loads((zero2 / "export" / "sbs_meta.json").read_text())["metrics"]["first_train_loss"])
+
+
+@pytest.fixture(scope="module")
+def ddp_killed(ray_local, work):
+    """DDP, 2 workers; worker 1 exits hard after step 5 on the first attempt (checkpoints every 2)."""
+    marker = work / "killed.marker"
+    out = train(tiny(work, "ddp", "train.engine=ddp", "train.steps=6", "train.eval_every=2", "train.fail_at_step=5",
+                     f"train.fail_marker={marker}", "run.max_failures=1"))
+    return out, marker
+
+
+def test_ddp_worker_failure_resumes_from_last_checkpoint(ddp_killed):
+    out, marker = ddp_killed
+    assert marker.read_text().startswith("worker 1 exited at step 5")
+    m = out.last_metrics
+    assert m["resumed_from"] == 4 and m["step"] == 6  # restarted from the step-4 checkpoint, not from 0
+    assert m["train_loss"] < 0.7 * m["first_train_loss"]
+    assert (out.export_dir / "model.safetensors").is_file()
+
+
+def test_one_worker_has_the_same_global_batch(ddp_killed, work):
+    two, _ = ddp_killed
+    one = train(tiny(work, "ddp1", "train.engine=ddp", "train.steps=2", "train.eval_every=2", "scale.num_workers=1"))
+    a, b = one.last_metrics, two.last_metrics
+    assert (a["num_workers"], a["accumulation"]) == (1, 2) and (b["num_workers"], b["accumulation"]) == (2, 1)
+    assert a["global_batch"] == b["global_batch"] == 8
+    assert a["examples_seen"] == 2 * 8 and b["examples_seen"] == 6 * 8
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU (bf16 + NCCL path)")
+def test_gpu_bf16_deepspeed_nccl(ray_local, work):
+    out = train(tiny(work, "gpu", "train.engine=deepspeed", "train.zero_stage=2", "train.bf16=true",
+                     "scale.use_gpu=true", "scale.num_workers=1", "train.steps=4", "train.eval_every=4"))
+    assert out.last_metrics["train_loss"] < out.last_metrics["first_train_loss"]
