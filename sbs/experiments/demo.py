@@ -102,10 +102,11 @@ def step_train(out: Path, steps: int) -> dict[str, Any]:
 
 
 def step_eval(out: Path) -> dict[str, Any]:
-    from sbs.student.evaluate import evaluate_export
+    from sbs.student.evaluate import evaluate, write_results
 
-    res = evaluate_export(out / "student", split="test", batch_size=32, out_path=out / "eval_test.json")
-    return {"summary": f"label-only test accuracy {res['accuracy']:.3f} on {res['examples']} SVAMP test problems",
+    res = evaluate(out / "student", split="test", batch_size=32)
+    write_results(res, out / "eval_test.json")
+    return {"summary": f"label-only test accuracy {res['accuracy']:.3f} on {res['n']} SVAMP test problems",
             "written": str(out / "eval_test.json")}
 
 

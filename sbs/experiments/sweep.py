@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -49,7 +50,7 @@ def student_overrides(cfg: SweepConfig, d: SweepDataset, method: str, fraction: 
 def run_cell(cfg_json: dict[str, Any], cell: dict[str, Any]) -> dict[str, Any]:
     """Train + test one cell; writes and returns its result row. Runs in a Ray task."""
     from sbs.student.config import load_train_config
-    from sbs.student.evaluate import evaluate_export
+    from sbs.student.evaluate import evaluate
     from sbs.student.trainer import train
 
     cfg = SweepConfig.model_validate(cfg_json)
@@ -59,9 +60,9 @@ def run_cell(cfg_json: dict[str, Any], cell: dict[str, Any]) -> dict[str, Any]:
     t0 = time.time()
     outcome = train(scfg)
     train_s = time.time() - t0
-    ev = evaluate_export(outcome.export_dir, split=d.test_split, limit=d.test_limit, batch_size=cfg.eval_batch)
+    ev = evaluate(outcome.export_dir, split=d.test_split, limit=d.test_limit, batch_size=cfg.eval_batch)
     row = {"dataset": Path(d.name).stem, "method": cell["method"], "fraction": cell["fraction"], "seed": cell["seed"],
-           "test_accuracy": ev["accuracy"], "test_examples": ev["examples"],
+           "test_accuracy": ev["accuracy"], "test_examples": ev["n"],
            "val_accuracy": outcome.best_metrics.get("val_accuracy"), "best_step": outcome.best_metrics.get("step"),
            "train_rows": outcome.data_stats.get("train_rows"), "train_seconds": round(train_s, 1),
            "cell": cell["cell"], "overrides": ov}
@@ -70,6 +71,9 @@ def run_cell(cfg_json: dict[str, Any], cell: dict[str, Any]) -> dict[str, Any]:
     tmp = cell_dir / "result.json.tmp"
     tmp.write_text(json.dumps(row, indent=2), encoding="utf-8")
     os.replace(tmp, cell_dir / "result.json")  # atomic: a cell is finished or it is not
+    if not cfg.keep_artifacts:
+        shutil.rmtree(outcome.export_dir, ignore_errors=True)
+        shutil.rmtree(Path(cfg.out) / "runs" / cell["cell"], ignore_errors=True)
     return row
 
 

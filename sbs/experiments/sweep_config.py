@@ -32,6 +32,8 @@ class SweepConfig(Config):
     parallel_cells: int = Field(1, ge=1, description="cells trained at once (each is its own Ray Train run; "
                                 "Ray schedules them as their CPUs allow)")
     eval_batch: int = Field(32, ge=1, description="generation batch for the test evaluation")
+    keep_artifacts: bool = Field(False, description="keep each cell's exported model and Ray Train checkpoints "
+                                 "(hundreds of MB per cell for MiniLM); the result row is always kept")
 
     @model_validator(mode="after")
     def _check(self) -> "SweepConfig":
