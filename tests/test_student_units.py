@@ -196,3 +196,15 @@ def test_every_shipped_student_config_loads():
             c = load_train_config(str(f))
             assert f.stem == f"{c.data.dataset}_{c.method.name}"
             assert "include: base.yaml" in text
+
+
+def test_sbs_train_cli_reports_config_errors_before_starting_ray(capsys):
+    from sbs.cli import main
+
+    esnli = str(ROOT / "configs" / "student" / "esnli_standard.yaml")
+    assert main(["train", "--config", esnli, "data.train_split=train"]) == 2
+    assert "data.train_split" in capsys.readouterr().err
+    assert main(["train", "--config", esnli, "train.global_batch=12"]) == 2
+    assert "train.global_batch (12)" in capsys.readouterr().err
+    assert main(["train", "--config", esnli, "--print-config", "train.steps=7"]) == 0
+    assert "steps: 7" in capsys.readouterr().out

@@ -53,8 +53,7 @@ def _run(args: argparse.Namespace, cfg) -> int:
         return 0
     from sbs.student.trainer import train
 
-    init_ray(cfg)
-    out = train(cfg)
+    out = train(cfg, init_ray=lambda: init_ray(cfg))
     print(json.dumps({"export_dir": str(out.export_dir), "best": out.best_metrics, "data": out.data_stats,
                       "run_path": out.run_path}, indent=1, default=str))
     return 0

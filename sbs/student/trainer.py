@@ -15,7 +15,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from sbs.export import ExportMeta
 from sbs.student.config import StudentTrainConfig
@@ -101,14 +101,17 @@ def export_checkpoint(ckpt: Any, metrics: dict[str, Any], out_dir: Path, extra: 
     return out_dir
 
 
-def train(cfg: StudentTrainConfig) -> TrainOutcome:
+def train(cfg: StudentTrainConfig, init_ray: Callable[[], None] | None = None) -> TrainOutcome:
+    """Train and export; `init_ray` connects to Ray once the data is known to be good."""
     import ray
 
-    data = build_rows(cfg)
+    data = build_rows(cfg)  # config and data errors surface here, before any Ray start-up cost
     log.info("%s", batch_summary(cfg))
     print(f"[sbs train] {cfg.method.name} on {cfg.data.dataset}: {data.stats['train_rows']} training rows "
           f"({data.stats['dropped_no_rationale']} dropped without an accepted rationale), "
           f"{data.stats['valid']} validation ({data.stats['valid_split']}); {batch_summary(cfg)}", flush=True)
+    if init_ray is not None:
+        init_ray()
     if not ray.is_initialized():
         ray.init(log_to_driver=True)
     trainer = build_trainer(cfg, data.train, data.valid_ids, data.valid_split)
