@@ -208,3 +208,16 @@ def test_sbs_train_cli_reports_config_errors_before_starting_ray(capsys):
     assert "train.global_batch (12)" in capsys.readouterr().err
     assert main(["train", "--config", esnli, "--print-config", "train.steps=7"]) == 0
     assert "steps: 7" in capsys.readouterr().out
+
+
+def test_causal_student_exports_and_predicts_label_only(tmp_path):
+    from sbs.predict import Student
+
+    model, tok, kind = build_student(ModelConfig(name="tiny-gpt2"))
+    model.save_pretrained(tmp_path, safe_serialization=True)
+    tok.save_pretrained(tmp_path)
+    meta("standard", kind).write(tmp_path)
+    preds = Student.load(tmp_path).predict(["Tom has 3 apples.", "Ann had 10 pens, lost 4."], batch_size=2)
+    assert len(preds) == 2 and all(isinstance(p.label, str) and p.rationale is None for p in preds)
+    # label-only: at most max_label_length new tokens were generated, none of the prompt echoed back
+    assert all(len(tok(p.raw, add_special_tokens=False)["input_ids"]) <= 16 for p in preds)
