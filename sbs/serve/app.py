@@ -110,19 +110,24 @@ class InputGate:
                               "(max_input_length)", field)
 
 
+def load_student(export_dir: str, device: str, dtype: str, num_threads: int) -> Any:
+    """The replica's model: `dtype` is a torch dtype name (bfloat16 on GPU, float32 on CPU)."""
+    import torch
+
+    from sbs.predict import Student
+
+    torch.set_num_threads(num_threads)  # own the CPUs Ray gave this replica, no more
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device: cuda but this replica sees no CUDA GPU (check ray_actor_options.num_gpus)")
+    return Student.load(export_dir, device=device, dtype=getattr(torch, dtype))
+
+
 @serve.deployment
 class StudentReplica:
     """One exported student; examples from concurrent requests are batched into one generate()."""
 
     def __init__(self, export_dir: str, device: str, dtype: str, batching: dict[str, Any], num_threads: int):
-        import torch
-
-        from sbs.predict import Student
-
-        torch.set_num_threads(num_threads)  # own the CPUs Ray gave this replica, no more
-        if device == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError("device: cuda but this replica sees no CUDA GPU (check ray_actor_options.num_gpus)")
-        self.student = Student.load(export_dir, device=device, dtype=getattr(torch, dtype))
+        self.student = load_student(export_dir, device, dtype, num_threads)
         for method in (self.label, self.explain):
             method.set_max_batch_size(batching["max_batch_size"])
             method.set_batch_wait_timeout_s(batching["batch_wait_timeout_s"])

@@ -51,7 +51,9 @@ class ActorOptions(Config):
 
 class IngressConfig(Config):
     num_replicas: int = Field(1, ge=1, le=100, description="replicas of the HTTP ingress (validation + routing)")
-    num_cpus: float = Field(0.1, ge=0, le=64, description="CPUs reserved per ingress replica (it does no model work)")
+    num_cpus: float = Field(0.0, ge=0, le=64,
+                            description="CPUs reserved per ingress replica (0: it only validates and routes, so it "
+                            "never waits for CPUs the students hold)")
 
 
 class ServeConfig(Config):

@@ -58,3 +58,24 @@ def make_export(out_dir: str | Path, dataset: str, method: Method = "multitask",
                max_input_length=max_input_length, max_label_length=max_label_length,
                max_rationale_length=max_rationale_length, run_name=f"sample-{dataset}-{method}").write(out)
     return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m sbs.serve.sample_models runs/serve_sample`: sample students for configs/serve/sample.yaml."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m sbs.serve.sample_models", description=main.__doc__)
+    p.add_argument("out_dir", help="one sub-directory per student is written here")
+    p.add_argument("--kind", choices=["tiny-t5", "minilm"], default="tiny-t5")
+    p.add_argument("--students", nargs="+", default=["esnli:multitask", "svamp:standard"],
+                   help="dataset:method pairs")
+    args = p.parse_args(argv)
+    for item in args.students:
+        dataset, _, method = item.partition(":")
+        out = make_export(Path(args.out_dir) / dataset, dataset, method or "multitask", args.kind)  # type: ignore[arg-type]
+        print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
