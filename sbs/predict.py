@@ -5,6 +5,7 @@ student answers without writing a rationale. `explain=True` additionally runs th
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,9 @@ def load_model(export_dir: str | Path, kind: str, dtype: torch.dtype | None = No
     raise ValueError(f"model_kind: unknown {kind!r}")
 
 
+_DECIMAL = re.compile(r"(?<=\d) ?\. ?(?=\d)")
+
+
 @dataclass
 class Prediction:
     label: str
@@ -43,6 +47,10 @@ class Student:
         self.device = device
         # e.g. synced_gpus=True when validating under ZeRO-3: every rank must run the same decode steps
         self.generate_kwargs = dict(generate_kwargs or {})
+        # WordPiece (BERT, MiniLM) drops whitespace: "84.0" decodes as "84. 0", which no scorer
+        # reads as a number. Such tokenizers get their decimals re-joined after decoding.
+        probe = self.tok.decode(self.tok("84.5", add_special_tokens=False)["input_ids"], skip_special_tokens=True)
+        self._rejoin_decimals = probe.strip() != "84.5"
         if meta.model_kind == "causal":
             self.tok.padding_side = "left"  # generation continues the prompt's right end
             if self.tok.pad_token is None:
@@ -73,7 +81,11 @@ class Student:
                                   **self.generate_kwargs)
         if self.meta.model_kind == "causal":
             out = out[:, enc["input_ids"].shape[1]:]
-        return [t.strip() for t in self.tok.batch_decode(out, skip_special_tokens=True)]
+        return self.decode(out)
+
+    def decode(self, ids: Any) -> list[str]:
+        texts = [t.strip() for t in self.tok.batch_decode(ids, skip_special_tokens=True)]
+        return [_DECIMAL.sub(".", t) for t in texts] if self._rejoin_decimals else texts
 
     def predict(self, inputs: list[str], explain: bool = False, batch_size: int = 32) -> list[Prediction]:
         """Labels for student input texts; with `explain`, also a rationale (multitask / single_task)."""

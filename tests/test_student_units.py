@@ -113,6 +113,17 @@ def test_minilm_encoder_decoder_builds_offline_and_trains_a_step():
     loss, _ = compute_loss(model, batch, "standard")
     loss.backward()
     assert torch.isfinite(loss)
+    # WordPiece loses the spaces of "84.0"; the inference path must still read back every gold label
+    from sbs.datasets import get_dataset
+    from sbs.predict import Student
+
+    student = Student(model, tok, meta("standard", kind))
+    ds = get_dataset("svamp")
+    ex = ds.load("train")
+    ids = tok([e.label for e in ex], add_special_tokens=False)["input_ids"]
+    decoded = student.decode(ids)
+    assert decoded[0] == "( 84.0 / 2.0 )"
+    assert all(ds.score(d, e) for d, e in zip(decoded, ex))
 
 
 def cfg(accepted: Path | None, *over: str) -> StudentTrainConfig:
