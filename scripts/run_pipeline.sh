@@ -6,7 +6,7 @@
 #
 # Usage (from anywhere; the repository root is uploaded as each job's working dir):
 #   export RAY_ADDRESS=http://127.0.0.1:8265          # the cluster's dashboard (ray dashboard / port-forward)
-#   scripts/run_pipeline.sh --profile cluster           # configs/cluster/*: e-SNLI, vLLM teacher, T5-XXL student
+#   scripts/run_pipeline.sh --profile cluster           # configs/cluster/*: e-SNLI, vLLM teacher, T5-XXL, serve
 #   scripts/run_pipeline.sh --teacher configs/teacher/svamp.yaml --teacher-arg out=/mnt/cluster_storage/t \
 #       --train configs/student/svamp_multitask.yaml --train-arg data.rationales=/mnt/cluster_storage/t \
 #       --train-arg run.export_dir=/mnt/cluster_storage/s --eval /mnt/cluster_storage/s --eval-arg --split=test
@@ -14,7 +14,7 @@
 #   --teacher CFG   jobs/generate_rationales.py --config CFG [key=value ...]
 #   --train CFG     jobs/train_student.py --config CFG [key=value ...]
 #   --eval EXPORT   jobs/evaluate_student.py EXPORT [--split ... --out ...]
-#   --serve CFG     jobs/serve_student.py --config CFG [...]
+#   --serve CFG     jobs/serve_student.py --config CFG --detach [key=value ...]  (deploys, then returns)
 #   --teacher-arg / --train-arg / --eval-arg / --serve-arg ARG   one more argument for that stage (repeatable)
 # Options:
 #   --profile cluster         the shipped cluster stages (configs/cluster/*), with --placement
@@ -55,6 +55,7 @@ while [[ $# -gt 0 ]]; do
       MAIN[train]=configs/cluster/train-esnli-t5-xxl.yaml
       MAIN[eval]=/mnt/cluster_storage/sbs/students/esnli-t5-xxl
       ARGS_eval+=(--split test --out /mnt/cluster_storage/sbs/eval/esnli-t5-xxl-test.json --threads 32)
+      MAIN[serve]=configs/cluster/serve-esnli-sbs.yaml
       placement="${placement:-1}"; shift 2 ;;
     --teacher) need "$@"; MAIN[rationales]="$2"; shift 2 ;;
     --train|--eval|--serve) need "$@"; MAIN[${1#--}]="$2"; shift 2 ;;
@@ -98,11 +99,14 @@ for stage in "${selected[@]}"; do
   fi
   if [[ "$stage" == eval ]]; then
     cmd+=(-- python "${JOB[$stage]}" "${MAIN[$stage]}" "${extra[@]}")
+  elif [[ "$stage" == serve ]]; then  # --detach: the job returns once /healthz answers; the app stays up
+    cmd+=(-- python "${JOB[$stage]}" --config "${MAIN[$stage]}" --detach "${extra[@]}")
   else
     cmd+=(-- python "${JOB[$stage]}" --config "${MAIN[$stage]}" "${extra[@]}")
   fi
   unset -n extra
-  echo "== run_pipeline: $stage: ${cmd[*]}" >&2
+  # Shell-quoted, so the printed line can be pasted as is (e.g. from --dry-run).
+  echo "== run_pipeline: $stage: $(printf '%q ' "${cmd[@]}")" >&2
   [[ $dry_run == 1 ]] && continue  # (dry run: commands only)
   # Without --no-wait, `ray job submit` follows the job and exits non-zero when it fails.
   rc=0; "${cmd[@]}" || rc=$?

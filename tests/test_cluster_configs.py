@@ -346,3 +346,57 @@ def test_rayservice_serves_the_shipped_serve_config_on_its_gpus():
     assert scfg.device == "cuda"
     train = typed_config("configs/cluster/train-esnli-t5-xxl.yaml", "train_student.py")
     assert {s.export_dir for s in scfg.students} == {train.export_dir()}, "serve the student the train job exports"
+
+
+def test_sbs_serve_config_is_the_rayservice_application():
+    """`sbs serve` / jobs/serve_student.py and `serve deploy` / the RayService run one application."""
+    from sbs.config import load_config
+    from sbs.serve.config import ServeConfig
+
+    (deploy,) = validate_serve(load_yaml(ROOT / "configs" / "cluster" / "serve-esnli.yaml"), "serve-esnli.yaml")
+    assert load_config(ServeConfig, ROOT / "configs" / "cluster" / "serve-esnli-sbs.yaml") == deploy
+
+
+# ---- scripts/run_pipeline.sh ------------------------------------------------------------------
+def test_pipeline_script_profile_commands():
+    """The cluster profile: every stage in order, each a `ray job submit --working-dir .` of an
+    existing entry point, drivers placed by the launcher's custom resources, serving detached."""
+    import os
+    import subprocess
+
+    env = dict(os.environ, RAY_ADDRESS="http://127.0.0.1:1")
+    r = subprocess.run(["bash", str(ROOT / "scripts" / "run_pipeline.sh"), "--profile", "cluster", "--dry-run"],
+                       env=env, capture_output=True, text=True, timeout=60, cwd="/")
+    assert r.returncode == 0, r.stderr
+    found = [re.match(r"== run_pipeline: (\w+): (ray job submit .*)$", l) for l in r.stderr.splitlines()]
+    cmds = {m.group(1): shlex.split(m.group(2)) for m in found if m}
+    assert list(cmds) == ["rationales", "train", "eval", "serve"]
+    for stage, argv in cmds.items():
+        assert argv[:3] == ["ray", "job", "submit"] and argv[argv.index("--working-dir") + 1] == "."
+        entry = argv[argv.index("--") + 2]
+        assert (ROOT / entry).is_file(), f"{stage}: {entry} missing"
+    launcher = load_yaml(ROOT / "cluster" / "aws.yaml")["available_node_types"]
+    for stage, want in (("rationales", "teacher"), ("train", "trainer"), ("eval", "trainer")):
+        argv = cmds[stage]
+        res = json.loads(argv[argv.index("--entrypoint-resources") + 1])
+        assert res == {want: 1} and launcher[want]["resources"][want] >= 1
+    assert "--detach" in cmds["serve"] and "--entrypoint-resources" not in cmds["serve"]
+    train = cmds["train"]
+    cfg = typed_config(train[train.index("--config") + 1], "train_student.py")
+    assert cmds["eval"][cmds["eval"].index("--") + 3] == cfg.export_dir(), "evaluate the export training writes"
+
+
+def test_pipeline_script_rejects_bad_input_before_submitting():
+    import os
+    import subprocess
+
+    script = ["bash", str(ROOT / "scripts" / "run_pipeline.sh")]
+    env = dict(os.environ, RAY_ADDRESS="http://127.0.0.1:1")
+    for args, msg in ((["--teacher", "configs/teacher/nope.yaml"], "not found"),
+                      (["--profile", "cluster", "--only", "trian"], "unknown stage"),
+                      (["--bogus"], "unknown argument"), ([], "no stage to run")):
+        r = subprocess.run(script + args + ["--dry-run"], env=env, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2 and msg in r.stderr, (args, r.stderr)
+    env.pop("RAY_ADDRESS")
+    r = subprocess.run(script + ["--profile", "cluster"], env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "RAY_ADDRESS" in r.stderr
