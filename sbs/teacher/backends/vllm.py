@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from sbs.teacher.backends.base import TeacherBackend
+from sbs.teacher.backends.base import TeacherBackend, resolve_chat
 
 if TYPE_CHECKING:
     import ray.data
@@ -67,6 +67,10 @@ def engine_kwargs(cfg: "TeacherConfig") -> dict[str, Any]:
         "pipeline_parallel_size": v.pipeline_parallel_size,
         # Every prompt of a run starts with the same few-shot exemplars: cache that prefix once.
         "enable_prefix_caching": v.enable_prefix_caching,
+        # With stats on, each success row carries a `metrics` struct and an error row a null there;
+        # Ray 2.60 then fails to concatenate an all-error batch with a normal one
+        # (`_backfill_missing_fields`: 'DataType' object is not iterable) and loses the whole block.
+        "disable_log_stats": True,
     }
     if v.max_model_len is not None:
         kw["max_model_len"] = v.max_model_len
@@ -108,7 +112,8 @@ def processor_config(cfg: "TeacherConfig", *, wants_chat: bool = False):
         chat_template_stage=wants_chat,
         tokenize_stage=False,
         detokenize_stage=False,
-        log_engine_metrics=v.device == "cuda",
+        # Prometheus engine metrics need the per-request stats switched off above.
+        log_engine_metrics=not kw["disable_log_stats"],
         **extra,
     )
 
@@ -152,7 +157,7 @@ class VllmBackend(TeacherBackend):
     def __init__(self, cfg: "TeacherConfig"):
         super().__init__(cfg)
         # "auto": a plain completion; the few-shot chain-of-thought prompt is written for base models.
-        self.wants_chat = cfg.prompt.chat is True
+        self.wants_chat = resolve_chat(cfg, False)
 
     def describe(self) -> str:
         return f"vllm/{self.cfg.vllm.model}"
