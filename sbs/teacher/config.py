@@ -108,8 +108,9 @@ class TeacherConfig(Config):
     num_actors: int = Field(1, ge=1, description="teacher actors in the Ray Data actor pool")
     num_cpus_per_actor: float = Field(1.0, gt=0, description="CPUs reserved per actor (also its torch threads)")
     num_gpus_per_actor: float = Field(0.0, ge=0, description="GPUs per actor (0 = CPU)")
-    max_actor_restarts: int = Field(2, ge=0, description="restarts of a dead teacher actor before its rows "
-                                    "are isolated and the crashing ones rejected")
+    max_task_retries: int = Field(2, ge=0, le=20, description="retries of a teacher batch whose actor died (the "
+                                  "actor is always restarted); then its rows are rerun alone and the crashing "
+                                  "ones rejected as teacher_crashed")
     progress: bool = Field(True, description="print a progress line per finished shard")
     hf: HfConfig = Field(default_factory=HfConfig, description="backend=hf settings")
     openai: OpenAIConfig = Field(default_factory=OpenAIConfig, description="backend=openai settings")

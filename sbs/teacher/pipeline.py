@@ -204,8 +204,8 @@ def _recover(run: Run, todo: list[Shard], loader: ShardLoader, backend: TeacherB
             buf = run.bufs[r["shard"]]
             if (r["id"], r["sample"]) not in buf.samples:
                 buf.samples[(r["id"], r["sample"])] = judge.crashed_sample(
-                    r, f"the teacher failed on this row in its block ({backend.cfg.max_actor_restarts + 1} "
-                    f"tries) and again alone ({backend.cfg.max_actor_restarts + 1} tries)")
+                    r, f"the teacher failed on this row in its block ({backend.cfg.max_task_retries + 1} "
+                    f"tries) and again alone ({backend.cfg.max_task_retries + 1} tries)")
     for idx in sorted(run.bufs):
         run.commit(idx)
 

@@ -60,6 +60,33 @@ class TeacherBackend(ABC):
         return self.name
 
 
+def map_with_actor_pool(ds: "ray.data.Dataset", udf_cls: type, cfg: "TeacherConfig", *, num_gpus: float = 0.0,
+                        **kwargs) -> "ray.data.Dataset":
+    """`map_batches` on a fixed actor pool with bounded fault tolerance.
+
+    Ray Data's default for actor pools is infinite actor restarts AND infinite task retries, so a
+    row that kills its actor every time would loop forever. We keep infinite restarts (a bounded
+    restart count leaves a permanently dead actor in the pool and the job hangs: measured) and
+    bound task retries by `max_task_retries`; a block that still fails is dropped (the pipeline
+    sets `max_errored_blocks=-1`), noticed by the driver and its rows rerun one per block.
+    Ray 2.60 has no named parameter for these actor options yet, so they go through
+    `**ray_remote_args`, whose deprecation warning we silence here only.
+    """
+    import warnings
+
+    import ray.data
+
+    # batch_size 1 is the driver's isolation rerun: one task in flight per actor, so an actor that
+    # dies takes only its own row with it (in-flight neighbours would burn their retries too).
+    in_flight = 1 if cfg.batch_size == 1 else None
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*ray_remote_args. is deprecated")
+        return ds.map_batches(udf_cls, batch_format="pyarrow", batch_size=cfg.batch_size,
+                              compute=ray.data.ActorPoolStrategy(size=cfg.num_actors, max_tasks_in_flight_per_actor=in_flight),
+                              num_cpus=cfg.num_cpus_per_actor, num_gpus=num_gpus or None,
+                              max_restarts=-1, max_task_retries=cfg.max_task_retries, **kwargs)
+
+
 def resolve_chat(cfg: "TeacherConfig", backend_default: bool) -> bool:
     """`prompt.chat: auto` means what the backend prefers; true/false override it."""
     return backend_default if cfg.prompt.chat == "auto" else bool(cfg.prompt.chat)

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 import pyarrow as pa
 
-from sbs.teacher.backends.base import TeacherBackend, resolve_chat
+from sbs.teacher.backends.base import TeacherBackend, map_with_actor_pool, resolve_chat
 
 
 class _StopOnStrings:
@@ -121,14 +121,9 @@ class HfBackend(TeacherBackend):
             raise ValueError(f"prompt.chat=true but {cfg.hf.model} has no chat template; use prompt.chat=false")
 
     def generate(self, ds):
-        import ray.data
-
         c = self.cfg
-        return ds.map_batches(
-            HfGenerator, fn_constructor_kwargs={"cfg_json": c.model_dump_json(), "chat": self.wants_chat},
-            batch_format="pyarrow", batch_size=c.batch_size, compute=ray.data.ActorPoolStrategy(size=c.num_actors),
-            num_cpus=c.num_cpus_per_actor, num_gpus=c.num_gpus_per_actor or None,
-            max_restarts=c.max_actor_restarts, max_task_retries=c.max_actor_restarts)
+        return map_with_actor_pool(ds, HfGenerator, c, num_gpus=c.num_gpus_per_actor, fn_constructor_kwargs={
+            "cfg_json": c.model_dump_json(), "chat": self.wants_chat})
 
     def describe(self) -> str:
         return f"hf/{os.path.basename(self.cfg.hf.model.rstrip('/')) or self.cfg.hf.model}"

@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 
 import pyarrow as pa
 
-from sbs.teacher.backends.base import TeacherBackend, resolve_chat
+from sbs.teacher.backends.base import TeacherBackend, map_with_actor_pool, resolve_chat
 
 RETRY_STATUS = {408, 409, 429} | set(range(500, 600))
 
@@ -151,14 +151,9 @@ class OpenAIBackend(TeacherBackend):
         self.wants_chat = resolve_chat(cfg, cfg.openai.chat)
 
     def generate(self, ds):
-        import ray.data
-
         c = self.cfg
-        return ds.map_batches(
-            OpenAIClient, fn_constructor_kwargs={"cfg_json": c.model_dump_json(), "chat": self.wants_chat,
-                                                 "api_key": self._key},
-            batch_format="pyarrow", batch_size=c.batch_size, compute=ray.data.ActorPoolStrategy(size=c.num_actors),
-            num_cpus=c.num_cpus_per_actor, max_restarts=c.max_actor_restarts, max_task_retries=c.max_actor_restarts)
+        return map_with_actor_pool(ds, OpenAIClient, c, fn_constructor_kwargs={
+            "cfg_json": c.model_dump_json(), "chat": self.wants_chat, "api_key": self._key})
 
     def describe(self) -> str:
         return f"openai/{self.cfg.openai.model}"
