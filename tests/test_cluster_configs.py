@@ -98,6 +98,11 @@ def test_launcher_node_types_are_coherent(path: Path):
     assert ray_version == ray.__version__, "cluster image must run the Ray version sbs is tested with"
     assert any("'.[gpu]'" in c for c in cfg["setup_commands"]), "setup must install sbs with its GPU extra"
     assert ".venv" in cfg["rsync_exclude"]
+    region = cfg["provider"]["region"]  # zones and subnets must be in the provider's region
+    assert all(z.strip().startswith(region) for z in cfg["provider"]["availability_zone"].split(","))
+    for t in types.values():
+        for nic in t["node_config"].get("networkInterfaces", []):
+            assert f"regions/{region}/" in nic["subnetwork"], nic
 
 
 @pytest.mark.parametrize("path", LAUNCHER, ids=lambda p: p.name)
