@@ -6,7 +6,7 @@
 
 `--detach` returns once /healthz answers and leaves the application running on the cluster (Serve
 apps outlive the job that deployed them; `serve shutdown` or `serve delete sbs` removes it). The
-HTTP proxy binds 127.0.0.1 on the head node: reach it with `ray dashboard`-style port forwarding
+HTTP proxy binds 127.0.0.1 on the head node: reach it through an SSH tunnel
 (`ssh -L 8000:127.0.0.1:8000 head`), or add `--expose` to bind 0.0.0.0 deliberately.
 `configs/serve/gpu.yaml` runs the replicas on GPUs in bfloat16. export_dirs must be readable by
 every node (shared storage).
