@@ -79,8 +79,9 @@ def step_gemma(out: Path, n: int) -> dict[str, Any]:
         rows = [r for f in sorted(acc_file.glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
         if rows:
             sample = f"; e.g. rationale {rows[0]['rationale'][:100]!r} -> {rows[0]['label']!r}"
-    return {"summary": f"live Gemma 3 270M: {stats['accepted']} accepted / {stats['examples_in']} "
-                       f"(teacher accuracy {stats.get('teacher_accuracy')}){sample}",
+    why = ", ".join(f"{k}={v}" for k, v in stats.get("rejected_by_reason", {}).items())
+    return {"summary": f"live Gemma 3 270M: {stats['accepted']} accepted / {stats['examples_in']} in"
+                       f"{f' (rejected: {why})' if why else ''}{sample}",
             "written": str(out / "rationales" / "gemma")}
 
 
@@ -149,6 +150,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    # Ray Data's per-operator progress bars (from every worker) would drown the step lines.
+    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     ray.init(address="local", include_dashboard=False, log_to_driver=True)
     steps = Steps(6 - (args.gemma_examples == 0) - args.skip_serve)
     try:
