@@ -73,7 +73,8 @@ def test_dataset_fields_single_and_list(url, dataset, record, method):
 def test_raw_student_input_text(url):
     text = "Premise: A dog runs.\nHypothesis: An animal moves."
     r = post(url, {"dataset": "esnli", "input": text})
-    assert r.status_code == 200, r.text and len(r.json()["predictions"]) == 1
+    assert r.status_code == 200, r.text
+    assert len(r.json()["predictions"]) == 1
     r = post(url, {"dataset": "esnli", "inputs": [text, NLI]})  # raw text and fields may mix
     assert r.status_code == 200, r.text
     assert len(r.json()["predictions"]) == 2

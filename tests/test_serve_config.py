@@ -80,6 +80,20 @@ def test_config_defaults_and_derived_values():
         ServeConfig(students=[STUDENT, {"dataset": "esnli", "export_dir": "y"}])
 
 
+def test_cli_binds_loopback_unless_exposed():
+    import argparse
+
+    from sbs.serve.cli import add_arguments, base_url, config_from_cli
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    cfg = config_from_cli(p.parse_args(["--config", str(ROOT / "configs/serve/sample.yaml"), "port=8123"]))
+    assert (cfg.host, cfg.port, cfg.is_exposed) == ("127.0.0.1", 8123, False)
+    cfg = config_from_cli(p.parse_args(["--config", str(ROOT / "configs/serve/sample.yaml"), "--expose"]))
+    assert cfg.host == "0.0.0.0" and cfg.is_exposed
+    assert base_url(cfg) == "http://127.0.0.1:8000"  # the CLI still talks to itself over loopback
+
+
 @pytest.fixture(scope="module")
 def export(tmp_path_factory) -> Path:
     return make_export(tmp_path_factory.mktemp("export") / "esnli", "esnli", "multitask")

@@ -51,12 +51,16 @@ def deploy(cfg: ServeConfig, ready_timeout: float = 300.0) -> str:
     return url
 
 
+def config_from_cli(args: argparse.Namespace) -> ServeConfig:
+    # --expose is applied last so it wins over a host= override: exposing is always explicit.
+    return load_config(ServeConfig, args.config, list(args.overrides) + (["host=0.0.0.0"] if args.expose else []))
+
+
 def run(args: argparse.Namespace) -> int:
     import ray
     from ray import serve
 
-    overrides = list(args.overrides) + (["host=0.0.0.0"] if args.expose else [])
-    cfg = load_config(ServeConfig, args.config, overrides)
+    cfg = config_from_cli(args)
     if cfg.is_exposed:
         print(f"sbs serve: binding {cfg.host}: the service is reachable from other machines "
               "(no authentication)", file=sys.stderr)
