@@ -1,0 +1,1 @@
+"""Serving exported students over HTTP with Ray Serve: see docs/serving.md."""

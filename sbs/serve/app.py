@@ -14,7 +14,6 @@ multiplexing: docs/serving.md.
 # (with string annotations under @serve.ingress the request body is taken for a query param).
 import asyncio
 import hashlib
-import logging
 import re
 import time
 from pathlib import Path
@@ -33,7 +32,6 @@ from sbs.serve.config import ServeConfig, StudentSpec
 from sbs.serve.schemas import (ClientError, PredictRequest, PredictResponse, StudentInfo, error_body,
                                pydantic_problems)
 
-log = logging.getLogger("sbs.serve")
 # A token is rarely longer than this many characters: texts beyond max_input_length x this are
 # rejected before tokenizing, so a multi-megabyte string costs nothing.
 MAX_CHARS_PER_TOKEN = 64
@@ -155,7 +153,8 @@ class StudentReplica:
     def stats(self) -> dict[str, Any]:
         n = len(self.batch_sizes)
         return {"batches": n, "examples": sum(self.batch_sizes),
-                "mean_batch_size": sum(self.batch_sizes) / n if n else 0.0, "max_batch_size": max(self.batch_sizes, default=0)}
+                "mean_batch_size": sum(self.batch_sizes) / n if n else 0.0,
+                "max_batch_size": max(self.batch_sizes, default=0)}
 
 
 @serve.deployment

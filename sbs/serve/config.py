@@ -79,7 +79,7 @@ class ServeConfig(Config):
     @classmethod
     def _host(cls, v: str) -> str:
         v = v.strip()
-        if v in ("localhost", "::"):
+        if v == "localhost":
             return v
         try:
             ipaddress.ip_address(v)

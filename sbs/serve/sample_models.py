@@ -72,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     for item in args.students:
         dataset, _, method = item.partition(":")
-        out = make_export(Path(args.out_dir) / dataset, dataset, method or "multitask", args.kind)  # type: ignore[arg-type]
+        out = make_export(Path(args.out_dir) / dataset, dataset, method or "multitask",  # type: ignore[arg-type]
+                          args.kind)
         print(out)
     return 0
 
