@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     init_ray(cfg, args.num_cpus)
     try:
         stats = execute(cfg)
-    except (ValueError, FileNotFoundError, FileExistsError, KeyError, RuntimeError) as e:
+    except (ValueError, OSError, KeyError, RuntimeError) as e:
         if isinstance(e, ConfigError):
             raise
         print(f"sbs rationales: {e}", file=sys.stderr)

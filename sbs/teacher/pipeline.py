@@ -80,6 +80,12 @@ class ShardLoader:
 
     def rows(self, shard: int, start: int, stop: int) -> list[dict[str, Any]]:
         exs = self.examples(start, stop)
+        seen: set[str] = set()
+        for e in exs:
+            if e.id in seen:
+                raise ValueError(f"{self.source.path}: duplicate example id {e.id!r} (rows {start}..{stop}); "
+                                 f"ids must be unique for accepted/rejects to account for every example")
+            seen.add(e.id)
         skipped = [e for e in exs if e.id in self.renderer.exemplar_ids]
         keep = [e for e in exs if e.id not in self.renderer.exemplar_ids]
         ex_json = json.dumps([{"id": e.id, "input": e.input, "gold": e.label} for e in skipped])
@@ -237,8 +243,13 @@ def execute(cfg: TeacherConfig, backend: TeacherBackend | None = None) -> dict[s
             items = [{"shard": s.index, "start": s.start, "stop": s.stop} for s in todo]
             rows = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
                 loader, batch_format="pyarrow", batch_size=1, num_cpus=0.25)
-            _stream(rows, backend, dataset, run.add)
-            _recover(run, todo, loader, backend, dataset)
+            try:
+                _stream(rows, backend, dataset, run.add)
+                _recover(run, todo, loader, backend, dataset)
+            except Exception as e:  # e.g. every actor dies at start-up (bad model path)
+                raise RuntimeError(f"teacher stage stopped: {type(e).__name__}: {str(e)[:1500]}\n"
+                                   f"{run.done_shards}/{run.total_shards} shards are committed in {out}; "
+                                   f"fix the cause and rerun the same command to resume") from e
         finally:
             ctx.max_errored_blocks, ctx.enable_progress_bars = saved
     return write_stats(cfg, ledger, renderer, run, time.time() - t0, backend.describe())
