@@ -80,3 +80,13 @@ def test_every_teacher_config_loads_and_says_how_to_run(path):
 def test_config_ranges_are_checked(override, msg):
     with pytest.raises(ConfigError, match=msg.replace(".", r"\.").replace("(", r"\(")):
         load_config(TeacherConfig, None, [override])
+
+
+def test_job_entry_point_and_cli_parse_their_arguments():
+    import subprocess
+    import sys
+
+    for cmd in ([sys.executable, str(ROOT / "jobs/generate_rationales.py"), "--help"],
+                [sys.executable, "-m", "sbs.cli", "rationales", "--help"]):
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd="/")
+        assert r.returncode == 0 and "--config" in r.stdout and "overrides" in r.stdout, r.stderr[-2000:]
