@@ -85,15 +85,15 @@ class RssSampler:
         self.t.join()
 
 
-def bench_hf(n: int, work: Path) -> dict:
+def bench_hf(n: int, work: Path, hidden: int, layers: int, max_tokens: int) -> dict:
     from sbs.teacher.backends.hf import HfGenerator
     from sbs.teacher.pipeline import ShardLoader, resolve_source
     from sbs.teacher.prompts import Renderer, default_stop, load_prompt
     from sbs.datasets import get_dataset
 
-    model = tiny_lm(work / "lm")
+    model = tiny_lm(work / "lm", hidden, layers)
     over = ["dataset=svamp", "split=test", f"limit={n}", "backend=hf", f"hf.model={model}", "prompt.mode=zeroshot",
-            "sampling.max_tokens=16", "batch_size=16", "shard_size=1000", "num_actors=1", "num_cpus_per_actor=1",
+            f"sampling.max_tokens={max_tokens}", "batch_size=16", "shard_size=1000", "num_actors=1", "num_cpus_per_actor=1",
             "progress=false"]
     cfg = load_config(TeacherConfig, None, over + [f"out={work / 'pipe'}"])
     t = time.time()
@@ -111,7 +111,8 @@ def bench_hf(n: int, work: Path) -> dict:
     for r in rows:
         gen(pa.Table.from_pylist([r]))
     naive_wall = time.time() - t
-    return {"examples": n, "pipeline_wall_s": round(pipe_wall, 2), "pipeline_ex_per_s": round(n / pipe_wall, 3),
+    return {"examples": n, "model": f"llama hidden={hidden} layers={layers} (random, byte tokenizer)",
+            "max_tokens": max_tokens, "pipeline_wall_s": round(pipe_wall, 2), "pipeline_ex_per_s": round(n / pipe_wall, 3),
             "naive_wall_s_excl_model_load": round(naive_wall, 2), "naive_model_load_s": round(load_s, 2),
             "naive_ex_per_s": round(n / naive_wall, 3), "ratio_pipeline_over_naive": round(naive_wall / pipe_wall, 2),
             "tokens_out": stats["tokens_out"]}
@@ -154,7 +155,10 @@ def main() -> int:
     p.add_argument("--stream", action="store_true")
     p.add_argument("--http", action="store_true")
     p.add_argument("--all", action="store_true")
-    p.add_argument("--hf-examples", type=int, default=64)
+    p.add_argument("--hf-examples", type=int, default=200)
+    p.add_argument("--hidden", type=int, default=256, help="tiny LM width")
+    p.add_argument("--layers", type=int, default=4, help="tiny LM depth")
+    p.add_argument("--max-tokens", type=int, default=32)
     p.add_argument("--rows", type=int, default=550_000)
     p.add_argument("--shard-size", type=int, default=5000)
     p.add_argument("--num-cpus", type=int, default=2)
@@ -168,7 +172,7 @@ def main() -> int:
     out: dict = {}
     try:
         if a.hf or a.all:
-            out["hf_pipeline_vs_naive"] = bench_hf(a.hf_examples, work)
+            out["hf_pipeline_vs_naive"] = bench_hf(a.hf_examples, work, a.hidden, a.layers, a.max_tokens)
             print(json.dumps(out["hf_pipeline_vs_naive"]), flush=True)
         if a.http or a.all:
             from http_bench import bench_http  # benchmarks/http_bench.py
