@@ -29,8 +29,11 @@ def cell_name(dataset: str, method: str, fraction: float, seed: int) -> str:
 
 
 def cells(cfg: SweepConfig) -> list[dict[str, Any]]:
+    """Every cell, in the order that makes a partial sweep most useful: per dataset, the first
+    seed over all fractions (largest first) and methods, then the next seed."""
     return [{"dataset": d, "method": m, "fraction": f, "seed": s, "cell": cell_name(d.name, m, f, s)}
-            for d in cfg.datasets for f in cfg.fractions for m in cfg.methods for s in cfg.seeds]
+            for d in cfg.datasets for s in cfg.seeds for f in sorted(cfg.fractions, reverse=True)
+            for m in cfg.methods]
 
 
 def student_overrides(cfg: SweepConfig, d: SweepDataset, method: str, fraction: float, seed: int,
