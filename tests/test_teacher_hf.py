@@ -46,3 +46,31 @@ def test_hf_chat_needs_a_chat_template(tiny_lm, tmp_path):
     cfg = load_config(TeacherConfig, None, [f"out={tmp_path}", "backend=hf", f"hf.model={tiny_lm}", "prompt.chat=true"])
     with pytest.raises(ValueError, match="no chat template"):
         execute(cfg)
+
+
+def test_chat_template_model_gets_chat_messages_and_stops_at_stop_strings(tiny_lm, tmp_path):
+    """A tokenizer with a chat template makes prompt.chat=auto pick the messages rendering; the
+    generator (run in-process here) applies the template and cuts at the stop strings."""
+    import json
+    import shutil
+
+    import pyarrow as pa
+    from transformers import AutoTokenizer
+
+    from sbs.teacher.backends.hf import HfBackend, HfGenerator
+
+    d = tmp_path / "chat-lm"
+    shutil.copytree(tiny_lm, d)
+    tok = AutoTokenizer.from_pretrained(d)
+    tok.chat_template = "{% for m in messages %}<{{ m.role }}>{{ m.content }}\n{% endfor %}<assistant>"
+    tok.save_pretrained(d)
+    cfg = load_config(TeacherConfig, None, [f"out={tmp_path}", "backend=hf", f"hf.model={d}", "sampling.max_tokens=12",
+                                            "sampling.stop=[e, a]"])
+    assert HfBackend(cfg).wants_chat
+    gen = HfGenerator(cfg.model_dump_json(), chat=True)
+    row = {"id": "x", "sample": 0, "prompt": "", "messages": json.dumps([{"role": "user", "content": "2+2?"}])}
+    assert gen._text(row) == "<user>2+2?\n<assistant>"
+    out = gen(pa.Table.from_pylist([row, {**row, "id": "y"}])).to_pylist()
+    for r in out:
+        assert r["error"] is None and r["tokens_in"] == len("<user>2+2?\n<assistant>".encode())
+        assert "e" not in r["text"] and "a" not in r["text"] and 1 <= r["tokens_out"] <= 12

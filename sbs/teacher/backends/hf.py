@@ -54,6 +54,10 @@ class HfGenerator:
         self.tok.padding_side = self.tok.truncation_side = "left"
         if self.tok.pad_token is None:
             self.tok.pad_token = self.tok.eos_token
+        # Special tokens: a chat template writes its own (<bos> ...); tokenizers that append an EOS
+        # (T5-style) must not end the prompt with one, or the model reads "text over".
+        probe = self.tok("a")["input_ids"]
+        self.add_special = not chat and not (probe and probe[-1] == self.tok.eos_token_id)
         self.model = AutoModelForCausalLM.from_pretrained(h.model, dtype=dtype).to(self.device).eval()
 
     def _text(self, row: dict[str, Any]) -> str:
@@ -65,7 +69,7 @@ class HfGenerator:
     def _generate(self, rows: list[dict[str, Any]]) -> list[tuple[str, int, int]]:
         torch, s = self.torch, self.cfg.sampling
         enc = self.tok([self._text(r) for r in rows], return_tensors="pt", padding=True, truncation=True,
-                       max_length=self.cfg.hf.max_input_tokens).to(self.device)
+                       max_length=self.cfg.hf.max_input_tokens, add_special_tokens=self.add_special).to(self.device)
         plen = enc["input_ids"].shape[1]
         torch.manual_seed(s.seed + sum(int(r["sample"]) for r in rows) + len(rows[0]["id"]))
         kw: dict[str, Any] = {"do_sample": True, "temperature": s.temperature, "top_p": s.top_p} \
