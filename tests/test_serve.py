@@ -112,7 +112,7 @@ def test_explain_on_a_standard_student_says_it_cannot(url):
 
 def test_healthz(url):
     r = requests.get(url + "/healthz", timeout=30)
-    assert r.status_code == 200 and r.json()["status"] == "ok"
+    assert r.status_code == 200 and r.json()["status"] == "ok" and r.json()["failing"] == []
     assert r.json()["students"] == ["cqa", "esnli", "svamp"]
 
 
