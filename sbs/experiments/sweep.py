@@ -102,6 +102,13 @@ def run_sweep(cfg: SweepConfig, max_cells: int | None = None) -> dict[str, Any]:
           flush=True)
     if max_cells is not None:
         todo = todo[:max_cells]
+    # Pre-flight: every cell's student config must load before any cell starts, so a typo fails
+    # in a second here rather than once per cell after Ray has started.
+    from sbs.student.config import load_train_config
+
+    for c in todo:
+        load_train_config(cfg.student_config, student_overrides(cfg, c["dataset"], c["method"], c["fraction"],
+                                                                c["seed"], c["cell"]))
     if not ray.is_initialized():
         ray.init()
     # The cell task itself holds no CPU: its Ray Train workers do, so Ray runs as many cells at
@@ -143,6 +150,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     cfg = load_config(SweepConfig, args.config, args.overrides)
+    if cfg.student_config and not Path(cfg.student_config).is_absolute():
+        # like `include:`, a student config named in a sweep YAML is relative to that YAML
+        cfg.student_config = str((Path(args.config).parent / cfg.student_config).resolve())
     if args.report_only:
         print(json.dumps(report(cfg), indent=2))
         return 0
