@@ -114,7 +114,9 @@ def test_ddp_worker_failure_resumes_from_last_checkpoint(ddp_killed):
     out, marker = ddp_killed
     assert marker.read_text().startswith("worker 1 exited at step 5")
     m = out.last_metrics
-    assert m["resumed_from"] == 4 and m["step"] == 6  # restarted from the step-4 checkpoint, not from 0
+    # restarted from a checkpoint, not from 0: the step-4 one, unless a very loaded machine kept Ray's
+    # controller from registering it before the worker died (then the step-2 one)
+    assert m["resumed_from"] in (4, 2) and m["step"] == 6
     assert m["train_loss"] < 0.7 * m["first_train_loss"]
     assert (out.export_dir / "model.safetensors").is_file()
 

@@ -182,6 +182,7 @@ def test_global_batch_is_invariant_to_worker_count():
     (["method.rationale_weight=-1"], "method.rationale_weight"),
     (["data.fraction=0"], "data.fraction"),
     (["train.enigne=ddp"], "train.enigne"),
+    (["train.fail_at_step=3"], "train.fail_marker"),
 ])
 def test_config_errors_name_the_field(over, field):
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):

@@ -117,6 +117,8 @@ class StudentTrainConfig(Config):
                 raise ValueError(f"data.{f}: 'test' is for the final report only, never for training or selection")
         if self.data.valid_split is not None and self.data.valid_split == self.data.train_split:
             raise ValueError("data.valid_split: must differ from data.train_split")
+        if self.train.fail_at_step is not None and not self.train.fail_marker:
+            raise ValueError("train.fail_marker: needed with train.fail_at_step (it makes the failure happen once)")
         if self.method.name != "standard" and not self.data.rationales:
             raise ValueError(f"data.rationales: method {self.method.name!r} needs a teacher output dir "
                              "(<dir>/accepted/*.parquet); only 'standard' trains without one")
