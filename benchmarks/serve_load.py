@@ -145,7 +145,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--label-len", type=int, default=8, help="max label tokens (label-only decoding)")
     p.add_argument("--rationale-len", type=int, default=64, help="max rationale tokens (explain)")
     p.add_argument("--json", help="also write the figures here")
+    p.add_argument("--quick", action="store_true", help="5 s per condition, 4 clients")
     args = p.parse_args(argv)
+    if args.quick:
+        args.seconds, args.clients = min(args.seconds, 5.0), min(args.clients, 4)
     if not 1 <= args.clients <= 256 or not 0 < args.seconds <= 600 or args.max_requests < 1:
         p.error("--clients in 1..256, --seconds in (0, 600], --max-requests >= 1")
     os.environ.setdefault("OMP_NUM_THREADS", "1")

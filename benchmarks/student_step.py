@@ -70,7 +70,11 @@ def main() -> None:
     p.add_argument("--max-input", type=int, default=128)
     p.add_argument("--max-label", type=int, default=32)
     p.add_argument("--max-rationale", type=int, default=128)
+    p.add_argument("--quick", action="store_true", help="tiny-t5, batch 8, 3 steps: checks the script, not the machine")
+    p.add_argument("--json", help="also write the figures here")
     args = p.parse_args()
+    if args.quick:
+        args.model, args.batch, args.steps = "tiny-t5", 8, 3
     if args.threads:
         torch.set_num_threads(args.threads)
     model, tok, kind = build_student(ModelConfig(name=args.model))
@@ -84,6 +88,9 @@ def main() -> None:
               f"({100 * r['collate_share']:.1f}% of the step)")
     print(f"multitask / standard step time: {out['ratio_multitask_over_standard']:.2f}x")
     print(json.dumps(out))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(out, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -163,7 +163,13 @@ def main() -> int:
     p.add_argument("--shard-size", type=int, default=5000)
     p.add_argument("--num-cpus", type=int, default=2)
     p.add_argument("--json", help="also write the figures here")
+    p.add_argument("--quick", action="store_true",
+                   help="every benchmark at a small size (55k streamed rows, 48 HF examples, 128-wide LM)")
     a = p.parse_args()
+    if not (a.hf or a.stream or a.http):
+        a.all = True  # no selection: run them all (what `sbs bench` calls)
+    if a.quick:
+        a.rows, a.hf_examples, a.hidden = min(a.rows, 55_000), min(a.hf_examples, 48), min(a.hidden, 128)
     import ray
 
     work = Path(tempfile.mkdtemp(prefix="sbsbench"))

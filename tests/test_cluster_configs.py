@@ -132,6 +132,9 @@ def check_trainer(res: dict, max_nodes: int, scfg) -> None:
     assert scfg.scale.use_gpu and scfg.train.engine == "deepspeed"
     assert scfg.scale.num_workers <= res["GPU"] * max_nodes, "more Train workers than trainer GPUs"
     assert scfg.scale.cpus_per_worker * res["GPU"] <= res["CPU"], "a full node of workers needs more CPUs"
+    if scfg.scale.accelerator_type:
+        assert res.get(f"accelerator_type:{scfg.scale.accelerator_type}") == 1, \
+            "scale.accelerator_type is not the trainer type's GPU"
 
 
 # ---- KubeRay ----------------------------------------------------------------------------------

@@ -94,7 +94,7 @@ def step_train(out: Path, steps: int) -> dict[str, Any]:
         "model.name=minilm", "method.name=multitask", "data.dataset=svamp",
         f"data.rationales={out / 'rationales' / 'svamp'}", f"train.steps={steps}",
         f"train.eval_every={max(1, steps // 2)}", "train.global_batch=16", "train.micro_batch=16",
-        "train.lr=5e-4", "data.valid_limit=40", "data.max_input_length=96", "data.max_rationale_length=64",
+        "data.valid_limit=40", "data.max_input_length=96", "data.max_rationale_length=64",
         "data.max_label_length=24", "scale.num_workers=1", "scale.cpus_per_worker=2",
         "run.name=demo-svamp-multitask", f"run.storage_path={out / 'runs'}", f"run.export_dir={out / 'student'}"])
     outcome = train(cfg)

@@ -102,11 +102,14 @@ def write_plots(out: Path, summary: list[dict[str, Any]]) -> list[Path]:
             ax.errorbar([100 * x for x in xs], [100 * y for y in ys], yerr=[100 * e for e in es], marker="o",
                         capsize=3, label=m)
         ax.set_xscale("log", base=2)
+        fracs = sorted({100 * s["fraction"] for s in rows})
+        ax.set_xticks(fracs, [f"{f:g}" for f in fracs])  # the fractions run, not powers of two
+        ax.minorticks_off()
         ax.set_xlabel("% of training data")
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(f"{ds}: accuracy vs training data")
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize="small", loc="best", framealpha=0.6)
         fig.tight_layout()
         p = out / "plots" / f"{ds}_accuracy_vs_fraction.png"
         fig.savefig(p, dpi=120)

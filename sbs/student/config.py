@@ -85,6 +85,14 @@ class ScaleConfig(Config):
     num_workers: int = Field(1, ge=1, description="Ray Train workers")
     cpus_per_worker: int = Field(1, ge=1, description="CPUs per worker; also its torch thread count")
     use_gpu: bool = Field(False, description="one GPU per worker (NCCL backend)")
+    accelerator_type: str | None = Field(None, min_length=1, description="GPU type every worker must run on "
+                                         "(Ray's accelerator_type, e.g. A100, H100); needs use_gpu")
+
+    @model_validator(mode="after")
+    def _accelerator_needs_gpu(self) -> "ScaleConfig":
+        if self.accelerator_type and not self.use_gpu:
+            raise ValueError("accelerator_type is set but use_gpu is false: set scale.use_gpu=true or drop it")
+        return self
 
 
 class RunConfigSection(Config):

@@ -59,7 +59,8 @@ def build_trainer(cfg: StudentTrainConfig, train_rows: list[dict[str, Any]], val
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
-        scaling_config=ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker=resources),
+        scaling_config=ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker=resources,
+                                     accelerator_type=s.accelerator_type),
         torch_config=TorchConfig(backend="nccl" if s.use_gpu else "gloo"),
         run_config=RunConfig(
             name=r.name, storage_path=storage_path(cfg),
