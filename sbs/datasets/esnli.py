@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from sbs.datasets.base import NO_ANSWER, OUT_OF_SPACE, Example, Parsed, ParseResult, Rejected, split_answer
+from sbs.datasets.base import Example
 from sbs.datasets.nli import NliDataset
 
 _ANSWER = re.compile(r"(?:^|\n)\s*Answer\s*:\s*(?P<ans>.*?)\s*$", re.S)
@@ -20,20 +20,9 @@ class Esnli(NliDataset):
     shipped_splits = ("valid", "test")
     hub_path = "esnli"
     hub_splits = {"train": "train", "valid": "validation", "test": "test"}
+    answer_pattern = _ANSWER
+    answer_marker = "'Answer:' line"
     licence = "MIT"
-
-    def _from_shipped(self, row: dict[str, Any]) -> Example:
-        return self._example(row["id"], row["premise"], row["hypothesis"], row["label"], row.get("teacher"))
 
     def _from_hub(self, row: dict[str, Any], split: str, index: int) -> Example | None:
         return self._example(f"esnli-{split}-{index:05d}", row["premise"], row["hypothesis"], int(row["label"]), None)
-
-    def _parse_cut(self, text: str, example: Example | None) -> ParseResult:
-        sp = split_answer(text, _ANSWER)
-        if sp is None:
-            return Rejected(NO_ANSWER, "no 'Answer:' line in the output")
-        rationale, ans = sp
-        label = self.normalize_label(ans)
-        if label is None:
-            return Rejected(OUT_OF_SPACE, f"answer {ans[:80]!r} is not one of {list(self.label_space)}")
-        return Parsed(rationale, label)

@@ -138,7 +138,7 @@ def step_serve(out: Path, port: int) -> dict[str, Any]:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="outputs/demo", help="where everything goes")
-    p.add_argument("--steps", type=int, default=60, help="student training steps (multitask, batch 16)")
+    p.add_argument("--steps", type=int, default=200, help="student training steps (multitask, batch 16)")
     p.add_argument("--gemma-examples", type=int, default=3, help="examples for the live Gemma teacher (0: skip)")
     p.add_argument("--port", type=int, default=8765, help="HTTP port of the demo's Serve app (127.0.0.1)")
     p.add_argument("--skip-serve", action="store_true", help="stop after evaluation")
@@ -147,12 +147,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import ray
 
+    from sbs.ray_local import init_local
+
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     # Ray Data's per-operator progress bars (from every worker) would drown the step lines.
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
-    ray.init(address="local", include_dashboard=False, log_to_driver=True)
+    init_local()
     steps = Steps(6 - (args.gemma_examples == 0) - args.skip_serve)
     try:
         steps.run("teacher report: parse the recorded PaLM 540B outputs", lambda: step_teacher_report(out))

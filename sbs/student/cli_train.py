@@ -26,14 +26,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def init_ray(cfg) -> None:
     import ray
 
+    from sbs.ray_local import init_local
+
     if ray.is_initialized():
         return
     if os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=True)
         return
     need = cfg.scale.num_workers * cfg.scale.cpus_per_worker + 1  # + one for the Ray Data split coordinator
-    ray.init(address="local", num_cpus=max(need, 2), include_dashboard=False, log_to_driver=True,
-             _temp_dir=os.environ.get("SBS_RAY_TEMP_DIR"))
+    init_local(num_cpus=max(need, 2))
 
 
 def run(args: argparse.Namespace) -> int:

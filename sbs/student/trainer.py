@@ -69,7 +69,9 @@ def build_trainer(cfg: StudentTrainConfig, train_rows: list[dict[str, Any]], val
                                                checkpoint_score_order="max"),
             # workers inherit the thread limits; Ray would otherwise leave OMP unset in some setups
             worker_runtime_env={"env_vars": {"OMP_NUM_THREADS": str(s.cpus_per_worker),
-                                             "MKL_NUM_THREADS": str(s.cpus_per_worker)}},
+                                             "MKL_NUM_THREADS": str(s.cpus_per_worker),
+                                             # print() once: Train's print patch also tees it to stdout
+                                             "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}},
         ),
         datasets={"train": to_ray_dataset(train_rows)},
     )

@@ -28,14 +28,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def init_ray(cfg, num_cpus: int | None = None) -> None:
     import ray
 
+    from sbs.ray_local import init_local
+
     if ray.is_initialized():
         return
     if os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=False)
         return
     need = int(cfg.num_actors * cfg.num_cpus_per_actor + 0.999) + 1
-    ray.init(address="local", num_cpus=num_cpus or max(os.cpu_count() or 1, need), include_dashboard=False,
-             log_to_driver=False, _temp_dir=os.environ.get("SBS_RAY_TEMP_DIR"))
+    init_local(num_cpus=num_cpus or max(os.cpu_count() or 1, need), log_to_driver=False)
 
 
 def run(args: argparse.Namespace) -> int:
