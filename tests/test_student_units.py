@@ -183,6 +183,7 @@ def test_global_batch_is_invariant_to_worker_count():
     (["data.fraction=0"], "data.fraction"),
     (["train.enigne=ddp"], "train.enigne"),
     (["train.fail_at_step=3"], "train.fail_marker"),
+    (["scale.accelerator_type=A100"], "scale.accelerator_type"),
 ])
 def test_config_errors_name_the_field(over, field):
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):

@@ -91,7 +91,7 @@ class ScaleConfig(Config):
     @model_validator(mode="after")
     def _accelerator_needs_gpu(self) -> "ScaleConfig":
         if self.accelerator_type and not self.use_gpu:
-            raise ValueError("accelerator_type is set but use_gpu is false: set scale.use_gpu=true or drop it")
+            raise ValueError(f"scale.accelerator_type={self.accelerator_type} needs scale.use_gpu=true (or drop it)")
         return self
 
 
