@@ -44,7 +44,7 @@ placement_flags() {
   case "$1" in
     rationales) echo '--entrypoint-resources' '{"teacher":1}' ;;
     train) echo '--entrypoint-resources' '{"trainer":1}' ;;
-    eval) echo '--entrypoint-resources' '{"trainer":1}' '--entrypoint-num-cpus' '32' ;;
+    eval) echo '--entrypoint-resources' '{"trainer":1}' '--entrypoint-num-cpus' '8' '--entrypoint-num-gpus' '1' ;;
   esac
 }
 
@@ -54,7 +54,7 @@ while [[ $# -gt 0 ]]; do
       MAIN[rationales]=configs/cluster/teacher-esnli-vllm.yaml
       MAIN[train]=configs/cluster/train-esnli-t5-xxl.yaml
       MAIN[eval]=/mnt/cluster_storage/sbs/students/esnli-t5-xxl
-      ARGS_eval+=(--split test --out /mnt/cluster_storage/sbs/eval/esnli-t5-xxl-test.json --threads 32)
+      ARGS_eval+=(--split test --out /mnt/cluster_storage/sbs/eval/esnli-t5-xxl-test.json --device cuda --dtype bfloat16)
       MAIN[serve]=configs/cluster/serve-esnli-sbs.yaml
       placement="${placement:-1}"; shift 2 ;;
     --teacher) need "$@"; MAIN[rationales]="$2"; shift 2 ;;

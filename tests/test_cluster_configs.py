@@ -392,6 +392,9 @@ def test_pipeline_script_profile_commands():
     train = cmds["train"]
     cfg = typed_config(train[train.index("--config") + 1], "train_student.py")
     assert cmds["eval"][cmds["eval"].index("--") + 3] == cfg.export_dir(), "evaluate the export training writes"
+    ev = cmds["eval"]
+    assert ev[ev.index("--device") + 1] == "cuda" and ev[ev.index("--entrypoint-num-gpus") + 1] == "1", \
+        "a GPU evaluation must reserve the GPU it uses"
 
 
 def test_pipeline_script_rejects_bad_input_before_submitting():

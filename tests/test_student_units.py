@@ -234,3 +234,37 @@ def test_causal_student_exports_and_predicts_label_only(tmp_path):
     assert len(preds) == 2 and all(isinstance(p.label, str) and p.rationale is None for p in preds)
     # label-only: at most max_label_length new tokens were generated, none of the prompt echoed back
     assert all(len(tok(p.raw, add_special_tokens=False)["input_ids"]) <= 16 for p in preds)
+
+
+def test_hub_source_reads_the_full_dataset_with_the_teachers_ids(tmp_path):
+    """data.source=hub loads splits through the dataset's hub loader (here a local mirror in the
+    hub's format), so ids match a teacher run with source=hub; a missing mirror names the field."""
+    import json
+
+    from sbs.datasets import get_dataset
+
+    rows = [{"ID": f"chal-{i}", "Body": f"He has {i} apples.", "Question": "How many?",
+             "Equation": f"( {i}.0 + 1.0 )", "Answer": i + 1.0, "Type": "Addition"} for i in range(40)]
+    mirror = tmp_path / "svamp_train.jsonl"
+    mirror.write_text("\n".join(json.dumps(r) for r in rows))
+    c = cfg(None, "method.name=standard", "data.source=hub", f"data.hub_data_files={{train: {mirror}}}")
+    data = build_rows(c)
+    hub_ids = {e.id for e in get_dataset("svamp").load("train", source="hub", data_files=str(mirror))}
+    assert len(data.train) + len(data.valid_ids) == 40
+    assert {r["id"] for r in data.train} | set(data.valid_ids) == hub_ids
+    assert data.train[0]["input"].endswith("\nHow many?")
+    with pytest.raises(ConfigError, match=r"data\.train_split: cannot read svamp/train from the hub"):
+        build_rows(cfg(None, "method.name=standard", "data.source=hub",
+                       f"data.hub_data_files={{train: {tmp_path / 'missing.jsonl'}}}"))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a CUDA GPU")
+def test_sbs_eval_refuses_cuda_without_a_gpu(tmp_path, capsys):
+    import argparse
+
+    from sbs.student import cli_eval
+
+    p = argparse.ArgumentParser()
+    cli_eval.add_arguments(p)
+    assert cli_eval.run(p.parse_args([str(tmp_path), "--device", "cuda", "--dtype", "bfloat16"])) == 2
+    assert "--device cuda" in capsys.readouterr().err

@@ -22,6 +22,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--explain", action="store_true", help="also generate and write rationales")
     p.add_argument("--out", default=None, help="write the JSON here (default: <export_dir>/eval-<split>.json)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: leave as set by OMP_NUM_THREADS)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the student runs (default: cpu)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="weights dtype (bfloat16/float16: GPU; default: float32)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -34,11 +37,15 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1 or (args.limit is not None and args.limit < 1):
         print("sbs eval: --batch-size and --limit must be positive", file=sys.stderr)
         return 2
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("sbs eval: --device cuda, but torch sees no CUDA GPU here (use --device cpu)", file=sys.stderr)
+        return 2
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
         res = evaluate(args.export_dir, split=args.split, dataset=args.dataset, batch_size=args.batch_size,
-                       limit=args.limit, explain=args.explain)
+                       limit=args.limit, explain=args.explain, device=args.device,
+                       dtype=getattr(torch, args.dtype))
     except (FileNotFoundError, ValueError, KeyError) as e:
         print(f"sbs eval: {e}", file=sys.stderr)
         return 1

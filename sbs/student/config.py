@@ -35,6 +35,11 @@ class ModelConfig(Config):
 class DataConfig(Config):
     dataset: str = Field("svamp", description="dataset name (svamp, cqa, esnli, anli1) or generic dataset YAML")
     train_split: str = Field("train", description="split to train on; esnli/anli1 ship 'valid' offline, not 'train'")
+    source: Literal["shipped", "hub"] = Field("shipped", description="shipped: the splits inside the package "
+                                              "(offline); hub: the full dataset from the Hugging Face hub, "
+                                              "e.g. e-SNLI's 550k train (the teacher run must use the same source)")
+    hub_data_files: dict[str, str] = Field(default_factory=dict, description="source=hub: split -> a local "
+                                           "JSON/Parquet file in the hub's format (a mirror) instead of downloading")
     valid_split: str | None = Field(None, description="the dataset's own validation split; empty: a seeded "
                                     "valid_fraction of train_split (never test)")
     valid_fraction: float = Field(0.1, gt=0, lt=1, description="share of train held out when there is no valid split")
@@ -65,7 +70,8 @@ class TrainConfig(Config):
     global_batch: int = Field(16, ge=1, description="examples per optimizer step over all workers = "
                               "micro_batch x scale.num_workers x accumulation (derived)")
     micro_batch: int = Field(8, ge=1, description="examples per worker per forward pass")
-    lr: float = Field(5e-4, gt=0, le=1, description="peak learning rate (AdamW)")
+    lr: float = Field(1e-4, gt=0, le=1, description="peak learning rate (AdamW); 5e-4 collapses the MiniLM "
+                      "encoder-decoder to one output (docs/results.md)")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
     warmup_steps: int = Field(0, ge=0, description="linear warm-up steps, then constant")
     grad_clip: float = Field(1.0, ge=0, description="gradient norm clip (0: off)")

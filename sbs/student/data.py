@@ -43,11 +43,18 @@ def load_dataset(cfg: StudentTrainConfig) -> TaskDataset:
         raise ConfigError(f"data.dataset: {e.args[0]}") from None
 
 
-def load_split(ds: TaskDataset, split: str, field_name: str) -> list[Example]:
+def load_split(ds: TaskDataset, split: str, field_name: str, source: str = "shipped",
+               hub_data_files: dict[str, str] | None = None) -> list[Example]:
+    """A split as Examples; `source="hub"` reads the full dataset (ids as the teacher's hub run wrote them)."""
     try:
+        if source == "hub":
+            files = (hub_data_files or {}).get(split)
+            return ds.load(split, source="hub", **({"data_files": files} if files else {}))
         return ds.load(split)
     except SplitUnavailable as e:
         raise ConfigError(f"{field_name}: {e}") from None
+    except (OSError, ValueError) as e:  # no network, a missing mirror file, a malformed one
+        raise ConfigError(f"{field_name}: cannot read {ds.name}/{split} from the hub: {str(e).splitlines()[0]}") from None
 
 
 def read_accepted(rationale_dir: str) -> dict[str, dict[str, str]]:
@@ -93,9 +100,9 @@ def build_rows(cfg: StudentTrainConfig) -> StudentData:
     """Everything the trainer needs from data, with counts of what was dropped and why."""
     d, method = cfg.data, cfg.method.name
     ds = load_dataset(cfg)
-    examples = load_split(ds, d.train_split, "data.train_split")
+    examples = load_split(ds, d.train_split, "data.train_split", d.source, d.hub_data_files)
     if d.valid_split:
-        valid = load_split(ds, d.valid_split, "data.valid_split")
+        valid = load_split(ds, d.valid_split, "data.valid_split", d.source, d.hub_data_files)
         valid_name = d.valid_split
     else:
         examples, valid = holdout(examples, d.valid_fraction, d.seed)
@@ -128,7 +135,8 @@ def build_rows(cfg: StudentTrainConfig) -> StudentData:
 
 def valid_examples(cfg: StudentTrainConfig, ids: list[str], split: str) -> list[Example]:
     """The validation Examples by id (workers re-load them: scoring may need the dataset's fields)."""
-    by_id = {e.id: e for e in load_split(load_dataset(cfg), split, "data.valid_split")}
+    by_id = {e.id: e for e in load_split(load_dataset(cfg), split, "data.valid_split", cfg.data.source,
+                                         cfg.data.hub_data_files)}
     return [by_id[i] for i in ids]
 
 

@@ -17,7 +17,8 @@ from sbs.predict import Student
 
 
 def evaluate(export_dir: str | Path, split: str = "test", dataset: str | None = None, batch_size: int = 32,
-             limit: int | None = None, explain: bool = False, student: Student | None = None) -> dict[str, Any]:
+             limit: int | None = None, explain: bool = False, student: Student | None = None,
+             device: str = "cpu", dtype: Any = None) -> dict[str, Any]:
     """{"accuracy", "n", "correct", ..., "predictions": [...]} for one split."""
     meta = ExportMeta.read(export_dir) if student is None else student.meta
     name = dataset or meta.dataset
@@ -28,7 +29,7 @@ def evaluate(export_dir: str | Path, split: str = "test", dataset: str | None = 
         raise ValueError(f"--split: {e}") from None
     if not examples:
         raise ValueError(f"--split: {name}/{split} has no examples")
-    student = student or Student.load(export_dir)
+    student = student or Student.load(export_dir, device=device, dtype=dtype)
     t0 = time.time()
     preds = student.predict([e.input for e in examples], explain=explain, batch_size=batch_size)
     seconds = time.time() - t0
