@@ -130,6 +130,18 @@ def test_one_worker_has_the_same_global_batch(ddp_killed, work):
     assert a["examples_seen"] == 2 * 8 and b["examples_seen"] == 6 * 8
 
 
+def test_zero3_offload_optimizer_and_params_trains_and_resumes(ray_local, work):
+    """ZeRO-Infinity on CPU: ZeRO-3 with optimizer states and parameters offloaded, stepped by
+    DeepSpeed's CPU Adam (JIT-built once into TORCH_EXTENSIONS_DIR); then a rerun resumes it."""
+    over = ["train.engine=deepspeed", "train.zero_stage=3", "train.offload=optimizer+params", "train.eval_every=3"]
+    first = train(tiny(work, "offload", *over, "train.steps=6"))
+    m = first.last_metrics
+    assert m["step"] == 6 and m["train_loss"] < 0.7 * m["first_train_loss"]
+    assert (first.export_dir / "model.safetensors").is_file()
+    again = train(tiny(work, "offload", *over, "train.steps=9"))
+    assert again.last_metrics["resumed_from"] == 6 and again.last_metrics["step"] == 9
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU (bf16 + NCCL path)")
 def test_gpu_bf16_deepspeed_nccl(ray_local, work):

@@ -184,6 +184,9 @@ def test_global_batch_is_invariant_to_worker_count():
     (["train.enigne=ddp"], "train.enigne"),
     (["train.fail_at_step=3"], "train.fail_marker"),
     (["scale.accelerator_type=A100"], "scale.accelerator_type"),
+    (["train.offload=optimizer", "train.zero_stage=0"], "train.offload"),
+    (["train.offload=optimizer+params", "train.zero_stage=2"], "train.offload"),
+    (["train.offload=optimizer", "train.engine=ddp"], "train.offload"),
 ])
 def test_config_errors_name_the_field(over, field):
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):

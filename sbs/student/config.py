@@ -78,6 +78,9 @@ class TrainConfig(Config):
     engine: Literal["deepspeed", "ddp"] = Field("deepspeed", description="deepspeed (ZeRO) or plain torch DDP")
     zero_stage: int = Field(2, ge=0, le=3, description="DeepSpeed ZeRO stage 0-3")
     bf16: bool = Field(False, description="bf16 mixed precision (GPU; DeepSpeed bf16 section / autocast for DDP)")
+    offload: Literal["none", "optimizer", "optimizer+params"] = Field(
+        "none", description="DeepSpeed ZeRO-Offload to host memory: optimizer states (ZeRO stage >= 1; "
+        "DeepSpeed's CPU Adam), or also the parameters (ZeRO-Infinity, stage 3); docs/capacity.md says when")
     eval_every: int = Field(50, ge=1, description="evaluate, checkpoint and report every N steps (and at the end)")
     eval_batch: int = Field(32, ge=1, description="generation batch for validation")
     log_every: int = Field(10, ge=1, description="print the training loss every N steps (rank 0)")
@@ -131,6 +134,11 @@ class StudentTrainConfig(Config):
                 raise ValueError(f"data.{f}: 'test' is for the final report only, never for training or selection")
         if self.data.valid_split is not None and self.data.valid_split == self.data.train_split:
             raise ValueError("data.valid_split: must differ from data.train_split")
+        t = self.train
+        if t.offload != "none" and (t.engine != "deepspeed" or t.zero_stage < 1):
+            raise ValueError(f"train.offload={t.offload} needs train.engine=deepspeed and train.zero_stage >= 1")
+        if t.offload == "optimizer+params" and t.zero_stage != 3:
+            raise ValueError("train.offload=optimizer+params (ZeRO-Infinity) needs train.zero_stage=3")
         if self.train.fail_at_step is not None and not self.train.fail_marker:
             raise ValueError("train.fail_marker: needed with train.fail_at_step (it makes the failure happen once)")
         if self.method.name != "standard" and not self.data.rationales:

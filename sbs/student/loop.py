@@ -45,10 +45,20 @@ def make_meta(cfg: StudentTrainConfig, kind: str) -> ExportMeta:
 
 def deepspeed_config(cfg: StudentTrainConfig) -> dict[str, Any]:
     t = cfg.train
-    return {"train_batch_size": t.global_batch, "train_micro_batch_size_per_gpu": t.micro_batch,
-            "gradient_accumulation_steps": cfg.accumulation, "gradient_clipping": t.grad_clip,
-            "zero_optimization": {"stage": t.zero_stage}, "bf16": {"enabled": t.bf16},
-            "steps_per_print": 10**9, "wall_clock_breakdown": False}
+    zero: dict[str, Any] = {"stage": t.zero_stage}
+    ds: dict[str, Any] = {"train_batch_size": t.global_batch, "train_micro_batch_size_per_gpu": t.micro_batch,
+                          "gradient_accumulation_steps": cfg.accumulation, "gradient_clipping": t.grad_clip,
+                          "zero_optimization": zero, "bf16": {"enabled": t.bf16},
+                          "steps_per_print": 10**9, "wall_clock_breakdown": False}
+    if t.offload != "none":
+        # Offloaded states are stepped on the host by DeepSpeed's CPU Adam, which DeepSpeed builds
+        # from this section (a torch optimizer would be refused with offload).
+        pin = cfg.scale.use_gpu  # pinned host memory needs CUDA
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": pin}
+        if t.offload == "optimizer+params":
+            zero["offload_param"] = {"device": "cpu", "pin_memory": pin}
+        ds["optimizer"] = {"type": "AdamW", "params": {"lr": t.lr, "weight_decay": t.weight_decay}}
+    return ds
 
 
 def _scheduler(opt: torch.optim.Optimizer, warmup: int) -> torch.optim.lr_scheduler.LambdaLR:
@@ -58,7 +68,15 @@ def _scheduler(opt: torch.optim.Optimizer, warmup: int) -> torch.optim.lr_schedu
 def setup_engine(cfg: StudentTrainConfig, model: Any, device: torch.device) -> tuple[Any, Any, Any, Any]:
     """(net to call forward on, the plain HF module, optimizer, scheduler) for the configured engine."""
     t = cfg.train
-    # A torch optimizer on purpose: DeepSpeed's CPUAdam JIT-compiles for minutes on CPU.
+    if t.engine == "deepspeed" and t.offload != "none":
+        import deepspeed
+
+        # DeepSpeed builds its CPU Adam from the config; the warm-up schedule wraps whatever it built.
+        engine, opt, _, sched = deepspeed.initialize(
+            model=model, model_parameters=model.parameters(), config=deepspeed_config(cfg),
+            lr_scheduler=lambda o: _scheduler(o, t.warmup_steps))
+        return engine, engine.module, opt, sched
+    # Otherwise a torch optimizer on purpose: DeepSpeed's CPU Adam JIT-compiles for a minute or more on CPU.
     opt = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
     sched = _scheduler(opt, t.warmup_steps)
     if t.engine == "deepspeed":
