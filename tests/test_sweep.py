@@ -67,3 +67,23 @@ def test_sweep_resumes_without_rerunning_finished_cells(tmp_path, ray_local):
     assert {c["method"] for c in table["cells"]} == {"standard", "multitask"}
     assert all(0.0 <= c["test_accuracy"] <= 1.0 and c["test_examples"] == 4 for c in table["cells"])
     assert (tmp_path / "sweep" / "plots" / "svamp_accuracy_vs_fraction.png").is_file()
+
+
+@pytest.mark.parametrize("path", sorted((__import__("pathlib").Path(__file__).resolve().parents[1]
+                                         / "configs" / "sweep").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_sweep_config_and_all_its_cells_load(path):
+    """The committed sweeps stay runnable: their YAML loads, says how to run it, and every cell's
+    student config (base YAML + sweep overrides + cell overrides) passes the student's checks."""
+    from sbs.experiments.sweep import student_overrides
+    from sbs.student.config import load_train_config
+
+    text = path.read_text(encoding="utf-8")
+    assert f"sbs sweep --config configs/sweep/{path.name}" in text, "the YAML must say how to run it"
+    cfg = load_config(SweepConfig, str(path), [])
+    base = str((path.parent / cfg.student_config).resolve())
+    all_cells = cells(cfg)
+    assert len(all_cells) == len(cfg.datasets) * len(cfg.methods) * len(cfg.fractions) * len(cfg.seeds)
+    for c in all_cells:
+        st = load_train_config(base, student_overrides(cfg, c["dataset"], c["method"], c["fraction"], c["seed"],
+                                                       c["cell"]))
+        assert st.method.name == c["method"] and st.data.fraction == c["fraction"]
