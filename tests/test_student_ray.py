@@ -88,6 +88,9 @@ def test_sbs_eval_cli_writes_json(zero2, tmp_path):
     assert (res["dataset"], res["split"], res["n"], res["method"]) == ("svamp", "test", 6, "multitask")
     assert 0.0 <= res["accuracy"] <= 1.0 and res["correct"] == sum(p["correct"] for p in res["predictions"])
     assert all("rationale" in p for p in res["predictions"])
+    labels = [p["pred"] for p in res["predictions"]]
+    assert res["distinct_predictions"] == len(set(labels))
+    assert res["top_prediction_share"] == pytest.approx(labels.count(res["top_prediction"]) / 6, abs=1e-4)
     assert sbs_main(["eval", str(tmp_path / "nope")]) == 1
 
 

@@ -66,6 +66,7 @@ def run_cell(cfg_json: dict[str, Any], cell: dict[str, Any]) -> dict[str, Any]:
     ev = evaluate(outcome.export_dir, split=d.test_split, limit=d.test_limit, batch_size=cfg.eval_batch)
     row = {"dataset": Path(d.name).stem, "method": cell["method"], "fraction": cell["fraction"], "seed": cell["seed"],
            "test_accuracy": ev["accuracy"], "test_examples": ev["n"],
+           "test_distinct_predictions": ev["distinct_predictions"], "test_top_prediction_share": ev["top_prediction_share"],
            "val_accuracy": outcome.best_metrics.get("val_accuracy"), "best_step": outcome.best_metrics.get("step"),
            "train_rows": outcome.data_stats.get("train_rows"), "train_seconds": round(train_s, 1),
            "cell": cell["cell"], "overrides": ov}
