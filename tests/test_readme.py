@@ -34,3 +34,36 @@ def test_paths_in_readme_exist():
     assert paths
     missing = sorted(p for p in paths if not (ROOT / p).exists())
     assert not missing, f"README names files that do not exist: {missing}"
+
+
+def _readme_sbs_commands() -> list[list[str]]:
+    import shlex
+
+    spans = re.findall(r"`(sbs [^`]+)`", README)
+    for block in re.findall(r"```bash\n(.*?)```", README, re.S):
+        spans += [line.split("#")[0].strip() for line in block.splitlines() if line.strip().startswith("sbs ")]
+    return [shlex.split(s) for s in spans]
+
+
+def test_every_sbs_command_in_readme_parses_and_its_config_loads():
+    """Each `sbs ...` the README shows parses with its stage's own arguments, and a --config it
+    names loads with that stage's typed config (the checks the run itself would do first)."""
+    import argparse
+    import importlib
+
+    from sbs.config import load_config
+    from sbs.experiments.sweep_config import SweepConfig
+    from sbs.serve.config import ServeConfig
+    from sbs.student.config import StudentTrainConfig
+    from sbs.teacher.config import TeacherConfig
+
+    typed = {"rationales": TeacherConfig, "train": StudentTrainConfig, "serve": ServeConfig, "sweep": SweepConfig}
+    cmds = [c for c in _readme_sbs_commands() if len(c) > 1 and c[1] in COMMANDS and "--help" not in c]
+    assert {"teacher-report", "rationales", "train", "eval", "serve", "sweep"} <= {c[1] for c in cmds}
+    for argv in cmds:
+        stage = argv[1]
+        p = argparse.ArgumentParser(prog=f"sbs {stage}", exit_on_error=False)
+        importlib.import_module(COMMANDS[stage][0]).add_arguments(p)
+        args = p.parse_args(argv[2:])
+        if stage in typed and getattr(args, "config", None):
+            load_config(typed[stage], str(ROOT / args.config), list(getattr(args, "overrides", [])))
