@@ -47,14 +47,18 @@ def load_split(ds: TaskDataset, split: str, field_name: str, source: str = "ship
                hub_data_files: dict[str, str] | None = None) -> list[Example]:
     """A split as Examples; `source="hub"` reads the full dataset (ids as the teacher's hub run wrote them)."""
     try:
-        if source == "hub":
-            files = (hub_data_files or {}).get(split)
+        if source != "hub":
+            return ds.load(split)
+        files = (hub_data_files or {}).get(split)
+        try:
             return ds.load(split, source="hub", **({"data_files": files} if files else {}))
-        return ds.load(split)
+        except SplitUnavailable:
+            raise  # a ValueError too, but it already says what is wrong
+        except (OSError, ValueError) as e:  # no network, a missing mirror file, a malformed one
+            raise ConfigError(f"{field_name}: cannot read {ds.name}/{split} from the hub: "
+                              f"{str(e).splitlines()[0]}") from None
     except SplitUnavailable as e:
         raise ConfigError(f"{field_name}: {e}") from None
-    except (OSError, ValueError) as e:  # no network, a missing mirror file, a malformed one
-        raise ConfigError(f"{field_name}: cannot read {ds.name}/{split} from the hub: {str(e).splitlines()[0]}") from None
 
 
 def read_accepted(rationale_dir: str) -> dict[str, dict[str, str]]:

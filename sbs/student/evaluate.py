@@ -42,12 +42,13 @@ def evaluate(export_dir: str | Path, split: str = "test", dataset: str | None = 
         if explain:
             row["rationale"] = p.rationale
         rows.append(row)
-    top = Counter(p.label for p in preds).most_common(1)[0]
+    counts = Counter(p.label for p in preds)
+    top = counts.most_common(1)[0]
     return {"export_dir": str(export_dir), "dataset": name, "split": split, "method": meta.method,
             "model_kind": meta.model_kind, "base_model": meta.base_model, "n": len(examples), "correct": correct,
             "accuracy": correct / len(examples),
             # a collapsed student says one thing to every input: how many different labels it gave
-            "distinct_predictions": len({p.label for p in preds}), "top_prediction": top[0],
+            "distinct_predictions": len(counts), "top_prediction": top[0],
             "top_prediction_share": round(top[1] / len(preds), 4), "explain": explain, "batch_size": batch_size,
             "seconds": round(seconds, 3), "examples_per_s": round(len(examples) / max(seconds, 1e-9), 2),
             "predictions": rows}
