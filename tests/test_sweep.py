@@ -66,6 +66,9 @@ def test_sweep_resumes_without_rerunning_finished_cells(tmp_path, ray_local):
     table = json.loads((tmp_path / "sweep" / "results.json").read_text())
     assert {c["method"] for c in table["cells"]} == {"standard", "multitask"}
     assert all(0.0 <= c["test_accuracy"] <= 1.0 and c["test_examples"] == 4 for c in table["cells"])
+    # fresh cells, not resumed ones: their train_seconds is the whole training
+    assert all(json.loads(p.read_text())["resumed_from_step"] is None
+               for p in (tmp_path / "sweep" / "cells").glob("*/result.json"))
     assert (tmp_path / "sweep" / "plots" / "svamp_accuracy_vs_fraction.png").is_file()
 
 

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 CELL_COLUMNS = ["dataset", "method", "fraction", "seed", "test_accuracy", "val_accuracy", "best_step",
-                "train_rows", "test_examples", "train_seconds", "cell"]
+                "train_rows", "test_examples", "test_distinct_predictions", "test_top_prediction_share",
+                "train_seconds", "resumed_from_step", "cell"]
 METHOD_ORDER = ["standard", "distill", "single_task", "multitask"]
 
 

@@ -69,6 +69,8 @@ def run_cell(cfg_json: dict[str, Any], cell: dict[str, Any]) -> dict[str, Any]:
            "test_distinct_predictions": ev["distinct_predictions"], "test_top_prediction_share": ev["top_prediction_share"],
            "val_accuracy": outcome.best_metrics.get("val_accuracy"), "best_step": outcome.best_metrics.get("step"),
            "train_rows": outcome.data_stats.get("train_rows"), "train_seconds": round(train_s, 1),
+           # train_seconds is this attempt's wall time: a cell resumed from a checkpoint says so here
+           "resumed_from_step": outcome.last_metrics.get("resumed_from"),
            "cell": cell["cell"], "overrides": ov}
     cell_dir = Path(cfg.out) / "cells" / cell["cell"]
     cell_dir.mkdir(parents=True, exist_ok=True)
