@@ -1,10 +1,10 @@
 """The live Gemma 3 270M CPU teacher: GGUF assembly, the `gemma3-270m` alias, and (slow) a real
 few-shot SVAMP run through `sbs rationales`' pipeline with the hf backend.
 
-The live run needs the converted model: de-quantising the GGUF takes ~70-100 s on 2 cores, more
-than this test should add to every CI run, so it runs when the cache already exists (the demo and
-`python -c "from sbs.teacher.gemma import ensure_gemma; ensure_gemma()"` create it) or when
-SBS_GEMMA_CONVERT=1 allows the conversion here.
+The live run needs the converted model: de-quantising the GGUF takes ~70-100 s on 2 cores, so a
+bare `pytest` runs it only when the cache already exists (the demo and
+`python -c "from sbs.teacher.gemma import ensure_gemma; ensure_gemma()"` create it); `make test`
+(and so CI on a clean clone) sets SBS_GEMMA_CONVERT=1, which allows the conversion here.
 """
 from __future__ import annotations
 
