@@ -27,6 +27,11 @@ def test_summary_mean_and_standard_error(tmp_path):
     assert s[("standard", 1.0)]["test_accuracy_se"] is None and s[("standard", 1.0)]["seeds"] == 1
     md = results.comparison_markdown(results.summarize(rows))
     assert "| standard | 30.0 (n=1) | 40.0 (n=1) |" in md and "60.0 ± 10.0 (n=2)" in md
+    assert "all datasets" not in md  # one dataset: no cross-dataset table
+    two = rows + [_row("multitask", 0.5, 0, 0.2, ds="cqa"), _row("standard", 0.25, 0, 0.9, ds="cqa")]
+    ablation = results.comparison_markdown(results.summarize(two)).split("### cqa")[0]
+    assert "| method | cqa (0.5 of train) | svamp (1 of train) |" in ablation
+    assert "| standard |  | 40.0 (n=1) |" in ablation and "| multitask | 20.0 (n=1) | 60.0 ± 10.0 (n=2) |" in ablation
     paths = results.write_tables(tmp_path, rows)
     assert json.loads(paths["results_json"].read_text())["summary"]
     pngs = results.write_plots(tmp_path, results.summarize(rows))

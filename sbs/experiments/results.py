@@ -44,9 +44,32 @@ def _morder(m: str) -> int:
     return METHOD_ORDER.index(m) if m in METHOD_ORDER else len(METHOD_ORDER)
 
 
+def _cell_text(s: dict[str, Any]) -> str:
+    se = f" ± {100 * s['test_accuracy_se']:.1f}" if s["test_accuracy_se"] is not None else ""
+    return f"{100 * s['test_accuracy_mean']:.1f}{se} (n={s['seeds']})"
+
+
+def ablation_markdown(summary: list[dict[str, Any]]) -> str:
+    """The paper's ablation layout: rows = methods, columns = datasets, each at its largest fraction run."""
+    datasets = sorted({s["dataset"] for s in summary})
+    top = {ds: max(s["fraction"] for s in summary if s["dataset"] == ds) for ds in datasets}
+    lines = ["### all datasets, largest training fraction", "",
+             "| method | " + " | ".join(f"{ds} ({top[ds]:g} of train)" for ds in datasets) + " |",
+             "|---|" + "---|" * len(datasets)]
+    for m in sorted({s["method"] for s in summary}, key=_morder):
+        cells = []
+        for ds in datasets:
+            hit = [s for s in summary if s["dataset"] == ds and s["method"] == m and s["fraction"] == top[ds]]
+            cells.append(_cell_text(hit[0]) if hit else "")
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    lines.append("")
+    return "\n".join(lines)
+
+
 def comparison_markdown(summary: list[dict[str, Any]]) -> str:
-    """Per dataset: rows = methods, columns = fractions, cells = mean ± se (n seeds)."""
-    lines: list[str] = []
+    """The ablation table when there are several datasets, then per dataset: rows = methods,
+    columns = fractions, cells = mean ± se (n seeds)."""
+    lines: list[str] = [ablation_markdown(summary)] if len({s["dataset"] for s in summary}) > 1 else []
     for ds in sorted({s["dataset"] for s in summary}):
         rows = [s for s in summary if s["dataset"] == ds]
         fracs = sorted({s["fraction"] for s in rows})
@@ -59,9 +82,7 @@ def comparison_markdown(summary: list[dict[str, Any]]) -> str:
                 if not hit:
                     cells.append("")
                     continue
-                s = hit[0]
-                se = f" ± {100 * s['test_accuracy_se']:.1f}" if s["test_accuracy_se"] is not None else ""
-                cells.append(f"{100 * s['test_accuracy_mean']:.1f}{se} (n={s['seeds']})")
+                cells.append(_cell_text(hit[0]))
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
