@@ -49,19 +49,24 @@ def _cell_text(s: dict[str, Any]) -> str:
     return f"{100 * s['test_accuracy_mean']:.1f}{se} (n={s['seeds']})"
 
 
+def _by_key(summary: list[dict[str, Any]]) -> dict[tuple[str, str, float], dict[str, Any]]:
+    return {(s["dataset"], s["method"], s["fraction"]): s for s in summary}
+
+
+def _cell_or_blank(by: dict[tuple[str, str, float], dict[str, Any]], key: tuple[str, str, float]) -> str:
+    return _cell_text(by[key]) if key in by else ""
+
+
 def ablation_markdown(summary: list[dict[str, Any]]) -> str:
     """The paper's ablation layout: rows = methods, columns = datasets, each at its largest fraction run."""
+    by = _by_key(summary)
     datasets = sorted({s["dataset"] for s in summary})
     top = {ds: max(s["fraction"] for s in summary if s["dataset"] == ds) for ds in datasets}
     lines = ["### all datasets, largest training fraction", "",
              "| method | " + " | ".join(f"{ds} ({top[ds]:g} of train)" for ds in datasets) + " |",
              "|---|" + "---|" * len(datasets)]
     for m in sorted({s["method"] for s in summary}, key=_morder):
-        cells = []
-        for ds in datasets:
-            hit = [s for s in summary if s["dataset"] == ds and s["method"] == m and s["fraction"] == top[ds]]
-            cells.append(_cell_text(hit[0]) if hit else "")
-        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+        lines.append(f"| {m} | " + " | ".join(_cell_or_blank(by, (ds, m, top[ds])) for ds in datasets) + " |")
     lines.append("")
     return "\n".join(lines)
 
@@ -70,20 +75,14 @@ def comparison_markdown(summary: list[dict[str, Any]]) -> str:
     """The ablation table when there are several datasets, then per dataset: rows = methods,
     columns = fractions, cells = mean ± se (n seeds)."""
     lines: list[str] = [ablation_markdown(summary)] if len({s["dataset"] for s in summary}) > 1 else []
+    by = _by_key(summary)
     for ds in sorted({s["dataset"] for s in summary}):
         rows = [s for s in summary if s["dataset"] == ds]
         fracs = sorted({s["fraction"] for s in rows})
         lines += [f"### {ds}", "", "| method | " + " | ".join(f"{f:g} of train" for f in fracs) + " |",
                   "|---|" + "---|" * len(fracs)]
         for m in sorted({s["method"] for s in rows}, key=_morder):
-            cells = []
-            for f in fracs:
-                hit = [s for s in rows if s["method"] == m and s["fraction"] == f]
-                if not hit:
-                    cells.append("")
-                    continue
-                cells.append(_cell_text(hit[0]))
-            lines.append(f"| {m} | " + " | ".join(cells) + " |")
+            lines.append(f"| {m} | " + " | ".join(_cell_or_blank(by, (ds, m, f)) for f in fracs) + " |")
         lines.append("")
     return "\n".join(lines)
 
