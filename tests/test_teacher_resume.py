@@ -66,3 +66,22 @@ def test_sigkill_then_rerun_loses_and_duplicates_nothing(tmp_path):
 
     stats = json.loads((out / "stats.json").read_text())
     assert stats["examples_in"] == 300 and stats["counts_add_up"] and stats["this_run"]["shards_already_done"] == len(done)
+
+
+def test_reopening_the_ledger_removes_a_killed_writers_temp_files(tmp_path):
+    """A kill between a temp file's write and its rename (the rare case the SIGKILL test can hit)
+    leaves `.shard-N.parquet.tmp-<pid>`; the next run's Ledger removes it and keeps committed shards."""
+    from sbs.teacher.shards import Ledger, Shard
+
+    ledger = Ledger(tmp_path)
+    ledger.commit(Shard(0, 0, 1), [], [], {"shard": 0})
+    committed = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("shard-*")}
+    orphans = [tmp_path / "rejects" / ".shard-00001.parquet.tmp-12137",
+               tmp_path / "accepted" / ".shard-00001.parquet.tmp-12137",
+               tmp_path / "_ledger" / ".shard-00001.json.tmp-12137"]
+    for o in orphans:
+        o.write_bytes(b"half-written")
+    reopened = Ledger(tmp_path)
+    assert not any(o.exists() for o in orphans)
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("shard-*")} == committed
+    assert reopened.done(Shard(0, 0, 1)) and not reopened.done(Shard(1, 1, 2))

@@ -5,7 +5,8 @@ is three files, each written to a temp name and renamed into place (rename is at
 `rejects/shard-NNNNN.parquet`, `accepted/shard-NNNNN.parquet`, then `_ledger/shard-NNNNN.json`
 (its counts). The ledger file is the commit marker: a shard is done iff it exists. A driver killed
 at any instant leaves every shard either wholly committed or not committed, and a rerun redoes
-exactly the uncommitted ones, so each id lands once in accepted ∪ rejects.
+exactly the uncommitted ones, so each id lands once in accepted ∪ rejects. A kill between a temp
+file's write and its rename leaves `.<name>.tmp-<pid>` behind; opening the ledger removes those.
 """
 from __future__ import annotations
 
@@ -78,6 +79,8 @@ class Ledger:
         self.out = Path(out)
         for d in ("accepted", "rejects", "_ledger"):
             (self.out / d).mkdir(parents=True, exist_ok=True)
+            for orphan in (self.out / d).glob(".*.tmp-*"):  # a killed run's half-written file
+                orphan.unlink(missing_ok=True)
 
     def done(self, shard: Shard) -> bool:
         return (self.out / "_ledger" / f"{shard.name}.json").is_file()
