@@ -1,12 +1,16 @@
-"""Student step cost: multitask vs standard on the same batch, and the share spent in collation.
+"""Student step cost: multitask vs standard on the same batch, sbs's causal loss vs HF's default.
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/student_step.py                 # MiniLM, SVAMP, batch 16
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/student_step.py      # Gemma 3 270M, CQA, batch 16
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/student_step.py --model minilm --dataset svamp
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/student_step.py --model tiny-t5 --steps 20
 
-One process, no Ray: the same Collator, loss and AdamW as a training worker, on real SVAMP rows
-with the recorded PaLM rationales. Prints seconds per step (median of --steps after --warmup),
-the collation share of a step, and the ratio multitask / standard (the paper's two-pass
-multi-task step costs one extra forward+backward over the rationale targets). Not a test.
+One process, no Ray: the same Collator, loss, AdamW and gradient clipping as a training worker,
+on real rows with the recorded PaLM rationales. Prints seconds per step (median of --steps after
+--warmup), the collation share of a step, and two ratios: multitask / standard (sbs runs the
+causal multi-task step as one pass over the shared input; the paper's two-pass step costs one
+extra forward+backward), and, for causal students, HF's default loss (`model(..., labels=)`:
+logits over the whole vocabulary at every position) / sbs's (logits at target positions only),
+same batch. Not a test.
 """
 from __future__ import annotations
 
@@ -23,33 +27,44 @@ from sbs.student.collate import Collator
 from sbs.student.config import ModelConfig
 from sbs.student.data import read_accepted
 from sbs.student.losses import compute_loss
-from sbs.student.models import build_student
+from sbs.student.models import build_trainable
 from sbs.student.recorded import write_accepted
 
 
-def svamp_rows(n: int) -> list[dict[str, str]]:
+def recorded_rows(dataset: str, n: int) -> list[dict[str, str]]:
     from sbs.datasets import get_dataset
 
+    ds = get_dataset(dataset)
+    split = "train" if "train" in ds.shipped_splits else "valid"
     with tempfile.TemporaryDirectory() as d:
-        write_accepted("svamp", "train", d)
+        write_accepted(dataset, split, d)
         acc = read_accepted(d)
-    ex = [e for e in get_dataset("svamp").load("train") if e.id in acc][:n]
+    ex = [e for e in ds.load(split) if e.id in acc][:n]
     return [{"id": e.id, "input": e.input, "label": e.label, "rationale": acc[e.id]["rationale"]} for e in ex]
 
 
-def time_method(model, tok, kind: str, rows, method: str, args) -> dict[str, float]:
-    meta = ExportMeta(method=method, dataset="svamp", model_kind=kind, max_input_length=args.max_input,
+def hf_default_loss(model, batch, method: str, weight: float):
+    """HF's own causal loss on sbs's standard batch: full-vocabulary logits at every position."""
+    b = batch["label"]
+    loss = model(input_ids=b["input_ids"], attention_mask=(b["segments"] >= 0).long(), labels=b["labels"]).loss
+    return loss, {"loss": loss.item()}
+
+
+def time_method(model, tok, kind: str, rows, method: str, args, loss_fn=compute_loss) -> dict[str, float]:
+    meta = ExportMeta(method=method, dataset=args.dataset, model_kind=kind, max_input_length=args.max_input,
                       max_label_length=args.max_label, max_rationale_length=args.max_rationale)
     collate = Collator(tok, meta)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-5)
     model.train()
     collate_s, step_s = [], []
     for i in range(args.warmup + args.steps):
         t0 = time.perf_counter()
         batch = collate(rows)
         t1 = time.perf_counter()
-        loss, _ = compute_loss(model, batch, method, 1.0)
+        loss, _ = loss_fn(model, batch, method, 1.0)
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
         t2 = time.perf_counter()
@@ -62,7 +77,9 @@ def time_method(model, tok, kind: str, rows, method: str, args) -> dict[str, flo
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="minilm", help="student spec (minilm, tiny-t5, HF name/path)")
+    p.add_argument("--model", default="gemma3-270m", help="student spec (gemma3-270m, minilm, tiny-t5, HF name/path)")
+    p.add_argument("--dataset", default="cqa", help="rows with recorded rationales from this dataset")
+    p.add_argument("--lora-r", type=int, default=0, help="LoRA rank (0: full finetuning)")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
@@ -70,23 +87,32 @@ def main() -> None:
     p.add_argument("--max-input", type=int, default=128)
     p.add_argument("--max-label", type=int, default=32)
     p.add_argument("--max-rationale", type=int, default=128)
-    p.add_argument("--quick", action="store_true", help="tiny-t5, batch 8, 3 steps: checks the script, not the machine")
+    p.add_argument("--skip-hf-loss", action="store_true", help="causal students: do not time HF's default loss")
+    p.add_argument("--quick", action="store_true", help="tiny-gemma3, batch 8, 3 steps: checks the script, "
+                   "not the machine")
     p.add_argument("--json", help="also write the figures here")
     args = p.parse_args()
     if args.quick:
-        args.model, args.batch, args.steps = "tiny-t5", 8, 3
+        args.model, args.batch, args.steps = "tiny-gemma3", 8, 3
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, tok, kind = build_student(ModelConfig(name=args.model))
-    rows = svamp_rows(args.batch)
+    model, tok, kind = build_trainable(ModelConfig(name=args.model, lora_r=args.lora_r))
+    rows = recorded_rows(args.dataset, args.batch)
     res = {m: time_method(model, tok, kind, rows, m, args) for m in ("standard", "multitask")}
-    out = {"model": args.model, "batch": args.batch, "threads": torch.get_num_threads(), "steps": args.steps,
+    if kind == "causal" and not args.skip_hf_loss:
+        res["standard_hf_loss"] = time_method(model, tok, kind, rows, "standard", args, hf_default_loss)
+    out = {"model": args.model, "dataset": args.dataset, "lora_r": args.lora_r, "batch": args.batch,
+           "threads": torch.get_num_threads(), "steps": args.steps,
            **{f"{m}_{k}": round(v, 4) for m, r in res.items() for k, v in r.items()},
            "ratio_multitask_over_standard": round(res["multitask"]["step_s"] / res["standard"]["step_s"], 3)}
+    if "standard_hf_loss" in res:
+        out["ratio_hf_loss_over_sbs"] = round(res["standard_hf_loss"]["step_s"] / res["standard"]["step_s"], 3)
     for m, r in res.items():
-        print(f"{m:9s}: {r['step_s']:.3f} s/step, collation {r['collate_s'] * 1000:.1f} ms "
+        print(f"{m:16s}: {r['step_s']:.3f} s/step, collation {r['collate_s'] * 1000:.1f} ms "
               f"({100 * r['collate_share']:.1f}% of the step)")
     print(f"multitask / standard step time: {out['ratio_multitask_over_standard']:.2f}x")
+    if "ratio_hf_loss_over_sbs" in out:
+        print(f"HF default loss / sbs step time: {out['ratio_hf_loss_over_sbs']:.2f}x")
     print(json.dumps(out))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:

@@ -39,7 +39,10 @@ class ExportMeta(Config):
     base_model: str = ""
     prefixes: Prefixes = Field(default_factory=Prefixes)
     single_task_answer: str = Field("So the answer is", description="joins rationale and label (single_task)")
-    causal_separator: str = Field("\nAnswer: ", description="between input and target for causal LMs")
+    causal_separator: str = Field("\nAnswer:", min_length=1, description="causal LMs: the label task's marker, "
+                                  "after the input (the input is a prefix both tasks share)")
+    causal_explain_separator: str = Field("\nExplanation:", min_length=1, description="causal LMs: the "
+                                          "rationale task's marker, after the input (multitask)")
     max_input_length: int = Field(512, gt=0)
     max_label_length: int = Field(32, gt=0)
     max_rationale_length: int = Field(128, gt=0)
@@ -70,10 +73,16 @@ class ExportMeta(Config):
 
     # --- how inputs and targets are written, shared by training and inference ---------------
     def label_input(self, x: str) -> str:
-        return self.prefixes.predict + x if self.method == "multitask" else x
+        """Seq2seq: the encoder input of the label task. Causal: the prefix (its marker follows x)."""
+        return self.prefixes.predict + x if self.method == "multitask" and self.model_kind != "causal" else x
 
     def explain_input(self, x: str) -> str:
-        return self.prefixes.explain + x if self.method == "multitask" else x
+        return self.prefixes.explain + x if self.method == "multitask" and self.model_kind != "causal" else x
+
+    def causal_target(self, target: str) -> str:
+        # The marker ends in ':' and the target starts with a space, so a word-piece vocabulary
+        # sees " daydream" as it does in running text, not a fresh word start.
+        return " " + target.strip()
 
     def single_task_target(self, rationale: str, label: str) -> str:
         return f"{rationale.strip()} {self.single_task_answer} {label.strip()}."

@@ -151,3 +151,58 @@ def test_gpu_bf16_deepspeed_nccl(ray_local, work):
     out = train(tiny(work, "gpu", "train.engine=deepspeed", "train.zero_stage=2", "train.bf16=true",
                      "scale.use_gpu=true", "scale.num_workers=1", "train.steps=4", "train.eval_every=4"))
     assert out.last_metrics["train_loss"] < out.last_metrics["first_train_loss"]
+
+
+@pytest.fixture(scope="module")
+def lora_causal(ray_local, work, tmp_path_factory):
+    """A causal student (Gemma 3's architecture at test size) with LoRA, multi-task, ZeRO-2 on 2 workers;
+    then rerun to more steps (resume). On e-SNLI: a closed label space for choice scoring."""
+    d = tmp_path_factory.mktemp("esnli")
+    write_accepted("esnli", "valid", d / "rationales")
+    over = tiny(work, "lora", "model.name=tiny-gemma3", "model.lora_r=4", "data.dataset=esnli",
+                "data.train_split=valid", f"data.rationales={d / 'rationales'}", "data.max_input_length=96",
+                "data.max_rationale_length=32", "train.engine=deepspeed", "train.zero_stage=2",
+                "train.eval_every=2", "train.lr=1e-2")
+    first = train([*over, "train.steps=4"])
+    again = train([*over, "train.steps=6"])
+    return first, again
+
+
+def test_lora_causal_student_trains_exports_merged_and_resumes_its_curve(lora_causal):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from sbs.student.curves import read_metrics
+
+    first, again = lora_causal
+    m = first.last_metrics
+    assert m["step"] == 4 and m["train_loss"] < m["first_train_loss"]
+    assert again.last_metrics["resumed_from"] == 4 and again.last_metrics["step"] == 6
+    export = again.export_dir
+    # merged into plain weights: no adapter files, and plain transformers loads the whole model
+    assert not (export / "adapter_config.json").exists()
+    model = AutoModelForCausalLM.from_pretrained(export)
+    assert not any("lora" in n for n, _ in model.named_parameters())
+    assert isinstance(model.model.embed_tokens.weight, torch.nn.Parameter)
+    # the curve covers both attempts, one point per step, and validation at every eval
+    hist = read_metrics(export / "train_metrics.jsonl")
+    assert [h["step"] for h in hist if "loss" in h] == [1, 2, 3, 4, 5, 6]
+    assert [h["step"] for h in hist if "val_accuracy" in h] == [2, 4, 6]
+    assert all(h["label_loss"] > 0 and h["rationale_loss"] > 0 for h in hist if "loss" in h)
+    png = (export / "train_curves.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+
+def test_sbs_eval_choice_decoding_ranks_the_label_space(lora_causal, tmp_path):
+    export = lora_causal[1].export_dir
+    out = tmp_path / "choices.json"
+    assert sbs_main(["eval", str(export), "--split", "test", "--limit", "6", "--decoding", "choices",
+                     "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["decoding"] == "choices" and res["n"] == 6
+    for p in res["predictions"]:
+        assert set(p["scores"]) == {"entailment", "neutral", "contradiction"}
+        assert p["pred"] == max(p["scores"], key=p["scores"].get)
+        assert all(v < 0 for v in p["scores"].values())  # log-likelihoods of whole answers
+    # an open-answer dataset has nothing to rank: a clear error naming the option
+    assert sbs_main(["eval", str(export), "--dataset", "svamp", "--limit", "2", "--decoding", "choices"]) == 1

@@ -88,13 +88,14 @@ def test_causal_loss_is_masked_to_the_target():
     m = meta("standard", "causal")
     batch = Collator(tok, m)(ROWS)["label"]
     for row, ids, labels in zip(ROWS, batch["input_ids"], batch["labels"]):
-        prompt = tok(row["input"] + m.causal_separator)["input_ids"]
-        target = tok(row["label"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        # the input (a prefix tasks can share), then the task marker, then " " + target + EOS
+        prompt = tok(row["input"])["input_ids"] + tok(m.causal_separator, add_special_tokens=False)["input_ids"]
+        target = tok(" " + row["label"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
         assert labels[: len(prompt)].eq(IGNORE).all()
         assert labels[len(prompt): len(prompt) + len(target)].tolist() == target
         assert ids[: len(prompt)].tolist() == prompt
     with torch.no_grad():
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        logits = model(input_ids=batch["input_ids"], attention_mask=(batch["segments"] >= 0).long()).logits
         loss, _ = compute_loss(model, {"label": batch}, "standard")
     shifted = batch["labels"][:, 1:]  # position t predicts token t+1
     want = F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), shifted.reshape(-1), ignore_index=IGNORE)

@@ -128,6 +128,11 @@ class TaskDataset:
         p = normalize_text(pred)
         return p if p in self.label_space else None
 
+    def candidates(self, fields: dict[str, Any]) -> list[str] | None:
+        """The closed set of answers for one example (choice decoding ranks them), or None for an
+        open answer. Fixed label spaces by default; datasets with per-example choices override."""
+        return list(self.label_space) if self.label_space else None
+
     # ---- shared behaviour --------------------------------------------------------------------
     def check_fields(self, record: Any) -> dict[str, Any]:
         """Validate a user record's fields; InputError names the missing/extra/bad field."""

@@ -50,6 +50,9 @@ class Cqa(TaskDataset):
                 raise InputError(f"cqa: field 'choices[{i}]' must be a non-empty string")
         return record
 
+    def candidates(self, fields: dict[str, Any]) -> list[str]:
+        return [str(c) for c in fields["choices"]]
+
     def student_input(self, fields: dict[str, Any]) -> str:
         lines = [str(fields["question"]).strip(), "Answer Choices:"]
         lines += [f"({LETTERS[i]}) {c}" for i, c in enumerate(fields["choices"])]

@@ -13,10 +13,15 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-CELL_COLUMNS = ["dataset", "method", "fraction", "seed", "test_accuracy", "val_accuracy", "best_step",
+CELL_COLUMNS = ["dataset", "method", "fraction", "seed", "test_accuracy", "test_choice_accuracy", "val_accuracy",
+                "best_step",
                 "train_rows", "test_examples", "test_distinct_predictions", "test_top_prediction_share",
                 "train_seconds", "resumed_from_step", "cell"]
 METHOD_ORDER = ["standard", "distill", "single_task", "multitask"]
+PER_EXAMPLE = "per_example.json"  # cells/<cell>/: {decoding: {example id: correct}}
+PAIRS = (("multitask", "standard"), ("multitask", "distill"))
+# two-sided 95% Student t quantiles by degrees of freedom (seeds - 1)
+_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
 
 
 def read_cells(out: Path) -> list[dict[str, Any]]:
@@ -26,18 +31,90 @@ def read_cells(out: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def _mean_se(xs: list[float]) -> tuple[float, float | None]:
+    se = statistics.stdev(xs) / math.sqrt(len(xs)) if len(xs) > 1 else None
+    return round(statistics.fmean(xs), 4), None if se is None else round(se, 4)
+
+
 def summarize(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean and standard error of test accuracy over seeds, per (dataset, method, fraction)."""
-    groups: dict[tuple[str, str, float], list[float]] = defaultdict(list)
+    """Mean and standard error of test accuracy over seeds, per (dataset, method, fraction); the
+    choice-scoring accuracy beside it where the cells have one."""
+    groups: dict[tuple[str, str, float], list[dict[str, Any]]] = defaultdict(list)
     for c in cells:
-        groups[(c["dataset"], c["method"], float(c["fraction"]))].append(float(c["test_accuracy"]))
+        groups[(c["dataset"], c["method"], float(c["fraction"]))].append(c)
     out = []
-    for (ds, m, f), accs in sorted(groups.items(), key=lambda kv: (kv[0][0], _morder(kv[0][1]), kv[0][2])):
-        se = statistics.stdev(accs) / math.sqrt(len(accs)) if len(accs) > 1 else float("nan")
-        out.append({"dataset": ds, "method": m, "fraction": f, "seeds": len(accs),
-                    "test_accuracy_mean": round(statistics.fmean(accs), 4),
-                    "test_accuracy_se": None if math.isnan(se) else round(se, 4)})
+    for (ds, m, f), cs in sorted(groups.items(), key=lambda kv: (kv[0][0], _morder(kv[0][1]), kv[0][2])):
+        mean, se = _mean_se([float(c["test_accuracy"]) for c in cs])
+        row = {"dataset": ds, "method": m, "fraction": f, "seeds": len(cs), "test_accuracy_mean": mean,
+               "test_accuracy_se": se}
+        choice = [float(c["test_choice_accuracy"]) for c in cs if c.get("test_choice_accuracy") is not None]
+        if choice:
+            row["test_choice_accuracy_mean"], row["test_choice_accuracy_se"] = _mean_se(choice)
+        out.append(row)
     return out
+
+
+def _per_example(out: Path, cell: str, decoding: str) -> dict[str, bool] | None:
+    p = out / "cells" / cell / PER_EXAMPLE
+    return json.loads(p.read_text(encoding="utf-8")).get(decoding) if p.is_file() else None
+
+
+def paired_comparisons(out: Path, cells: list[dict[str, Any]], n_boot: int = 2000) -> list[dict[str, Any]]:
+    """Multitask against standard and against distill, per dataset and fraction, on the seeds both ran:
+    the mean test-accuracy difference with a 95% t interval over seeds, and a paired bootstrap over
+    test examples (each example's correctness averaged over seeds; examples resampled, seeded)."""
+    import random
+
+    by = {(c["dataset"], c["method"], float(c["fraction"]), c["seed"]): c for c in cells}
+    rows = []
+    for ds, f in sorted({(c["dataset"], float(c["fraction"])) for c in cells}):
+        for a, b in PAIRS:
+            seeds = sorted(s for (d, m, fr, s) in by if (d, m, fr) == (ds, a, f) and (ds, b, f, s) in by)
+            if not seeds:
+                continue
+            for decoding, key in (("generate", "test_accuracy"), ("choices", "test_choice_accuracy")):
+                pa = [by[(ds, a, f, s)] for s in seeds]
+                pb = [by[(ds, b, f, s)] for s in seeds]
+                if any(c.get(key) is None for c in pa + pb):
+                    continue
+                diffs = [float(x[key]) - float(y[key]) for x, y in zip(pa, pb)]
+                mean = statistics.fmean(diffs)
+                half = (_T975.get(len(diffs) - 1, 1.96) * statistics.stdev(diffs) / math.sqrt(len(diffs))
+                        if len(diffs) > 1 else None)
+                row = {"dataset": ds, "fraction": f, "a": a, "b": b, "decoding": decoding, "seeds": len(seeds),
+                       "mean_diff": round(mean, 4),
+                       "seed_ci95": None if half is None else [round(mean - half, 4), round(mean + half, 4)]}
+                ex_a = [_per_example(out, c["cell"], decoding) for c in pa]
+                ex_b = [_per_example(out, c["cell"], decoding) for c in pb]
+                if all(ex_a) and all(ex_b):
+                    ids = sorted(set.intersection(*(set(e) for e in ex_a + ex_b)))
+                    d = [statistics.fmean(float(e[i]) for e in ex_a) - statistics.fmean(float(e[i]) for e in ex_b)
+                         for i in ids]
+                    rng = random.Random(f"{ds}-{f}-{a}-{b}-{decoding}")
+                    boots = sorted(statistics.fmean(rng.choices(d, k=len(d))) for _ in range(n_boot))
+                    row.update({"examples": len(ids), "boot_ci95": [round(boots[int(0.025 * n_boot)], 4),
+                                                                  round(boots[int(0.975 * n_boot) - 1], 4)],
+                                "boot_p_not_better": round(sum(x <= 0 for x in boots) / n_boot, 4)})
+                rows.append(row)
+    return rows
+
+
+def paired_markdown(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return ""
+    lines = ["### paired comparisons (test accuracy, percentage points)", "",
+             "| dataset | fraction | comparison | decoding | seeds | mean diff | 95% CI over seeds | "
+             "examples | 95% CI, paired bootstrap | P(diff <= 0) |", "|---|---|---|---|---|---|---|---|---|---|"]
+
+    def ci(v: list[float] | None) -> str:
+        return "" if v is None else f"[{100 * v[0]:+.1f}, {100 * v[1]:+.1f}]"
+
+    for r in rows:
+        lines.append(f"| {r['dataset']} | {r['fraction']:g} | {r['a']} - {r['b']} | {r['decoding']} | {r['seeds']} | "
+                     f"{100 * r['mean_diff']:+.1f} | {ci(r['seed_ci95'])} | {r.get('examples', '')} | "
+                     f"{ci(r.get('boot_ci95'))} | {r.get('boot_p_not_better', '')} |")
+    lines.append("")
+    return "\n".join(lines)
 
 
 def _morder(m: str) -> int:
@@ -46,7 +123,12 @@ def _morder(m: str) -> int:
 
 def _cell_text(s: dict[str, Any]) -> str:
     se = f" ± {100 * s['test_accuracy_se']:.1f}" if s["test_accuracy_se"] is not None else ""
-    return f"{100 * s['test_accuracy_mean']:.1f}{se} (n={s['seeds']})"
+    text = f"{100 * s['test_accuracy_mean']:.1f}{se}"
+    if s.get("test_choice_accuracy_mean") is not None:
+        cse = s.get("test_choice_accuracy_se")
+        text += f" / choices {100 * s['test_choice_accuracy_mean']:.1f}" + (f" ± {100 * cse:.1f}" if cse is not None
+                                                                          else "")
+    return f"{text} (n={s['seeds']})"
 
 
 def _by_key(summary: list[dict[str, Any]]) -> dict[tuple[str, str, float], dict[str, Any]]:
@@ -99,8 +181,10 @@ def write_tables(out: Path, cells: list[dict[str, Any]]) -> dict[str, Path]:
         w = csv.DictWriter(f, fieldnames=list(summary[0]) if summary else ["dataset"])
         w.writeheader()
         w.writerows(summary)
-    paths["results_json"].write_text(json.dumps({"summary": summary, "cells": cells}, indent=2), encoding="utf-8")
-    paths["table_md"].write_text(comparison_markdown(summary), encoding="utf-8")
+    paired = paired_comparisons(out, cells)
+    paths["results_json"].write_text(json.dumps({"summary": summary, "paired": paired, "cells": cells}, indent=2),
+                                     encoding="utf-8")
+    paths["table_md"].write_text(comparison_markdown(summary) + "\n" + paired_markdown(paired), encoding="utf-8")
     return paths
 
 

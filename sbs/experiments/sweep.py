@@ -64,8 +64,18 @@ def run_cell(cfg_json: dict[str, Any], cell: dict[str, Any]) -> dict[str, Any]:
     outcome = train(scfg)
     train_s = time.time() - t0
     ev = evaluate(outcome.export_dir, split=d.test_split, limit=d.test_limit, batch_size=cfg.eval_batch)
+    # Choice scoring beside free generation where the answers form a closed set (not SVAMP's
+    # equations); free generation stays the headline, as in the paper.
+    from sbs.datasets import get_dataset
+
+    ds = get_dataset(d.name)
+    choice = None
+    if all(ds.candidates(e.fields) for e in ds.load(d.test_split, limit=1)):
+        choice = evaluate(outcome.export_dir, split=d.test_split, limit=d.test_limit, batch_size=cfg.eval_batch,
+                          decoding="choices")
     row = {"dataset": Path(d.name).stem, "method": cell["method"], "fraction": cell["fraction"], "seed": cell["seed"],
-           "test_accuracy": ev["accuracy"], "test_examples": ev["n"],
+           "test_accuracy": ev["accuracy"], "test_choice_accuracy": choice["accuracy"] if choice else None,
+           "test_examples": ev["n"],
            "test_distinct_predictions": ev["distinct_predictions"], "test_top_prediction_share": ev["top_prediction_share"],
            "val_accuracy": outcome.best_metrics.get("val_accuracy"), "best_step": outcome.best_metrics.get("step"),
            "train_rows": outcome.data_stats.get("train_rows"), "train_seconds": round(train_s, 1),
@@ -74,6 +84,14 @@ def run_cell(cfg_json: dict[str, Any], cell: dict[str, Any]) -> dict[str, Any]:
            "cell": cell["cell"], "overrides": ov}
     cell_dir = Path(cfg.out) / "cells" / cell["cell"]
     cell_dir.mkdir(parents=True, exist_ok=True)
+    # per-example correctness: what the paired bootstrap over test examples resamples
+    per = {"generate": {p["id"]: bool(p["correct"]) for p in ev["predictions"]}}
+    if choice:
+        per["choices"] = {p["id"]: bool(p["correct"]) for p in choice["predictions"]}
+    (cell_dir / results.PER_EXAMPLE).write_text(json.dumps(per), encoding="utf-8")
+    for name in ("train_metrics.jsonl", "train_curves.png"):  # the cell's training curve
+        if (Path(outcome.export_dir) / name).is_file():
+            shutil.copy2(Path(outcome.export_dir) / name, cell_dir / name)
     tmp = cell_dir / "result.json.tmp"
     tmp.write_text(json.dumps(row, indent=2), encoding="utf-8")
     os.replace(tmp, cell_dir / "result.json")  # atomic: a cell is finished or it is not

@@ -29,6 +29,7 @@ from sbs.config import ConfigError, apply_overrides, build, read_yaml
 from sbs.datasets import InputError, get_dataset
 from sbs.export import META_FILE, ExportMeta
 from sbs.serve.config import ServeConfig, StudentSpec
+from sbs.student.causal import marker_ids
 from sbs.serve.schemas import (ClientError, PredictRequest, PredictResponse, StudentInfo, error_body,
                                pydantic_problems)
 
@@ -92,16 +93,31 @@ class InputGate:
         raise ClientError(422, f"must be an object with fields {fields} or a string of student input text, "
                           f"got {type(example).__name__}", field)
 
+    def candidates(self, field: str, example: Any) -> list[str]:
+        """The answers decoding=choices ranks for one example, or a ClientError naming `field`."""
+        try:
+            cands = self.dataset.candidates(example if isinstance(example, dict) else {})
+        except KeyError:
+            cands = None
+        if not cands:
+            fields = list(self.dataset.input_fields)
+            raise ClientError(422, f"decoding=choices needs a closed answer set: a label space, or choices "
+                              f"sent as an example object with fields {fields}; {self.dataset.name} gives none here",
+                              field)
+        return cands
+
     def check_length(self, field: str, text: str, explain: bool) -> None:
         limit = self.meta.max_input_length
         if len(text) > limit * MAX_CHARS_PER_TOKEN:
             raise ClientError(422, f"is {len(text)} characters, far over this model's limit of {limit} tokens", field)
-        prompts = [self.meta.label_input(text)]
-        if explain and self.meta.method == "multitask":
-            prompts.append(self.meta.explain_input(text))
-        if self.meta.model_kind == "causal":
-            prompts = [p + self.meta.causal_separator for p in prompts]
-        n = max(len(ids) for ids in self.tok(prompts, add_special_tokens=True)["input_ids"])
+        m = self.meta
+        if m.model_kind == "causal":  # the input is a prefix; the task marker follows it
+            n = len(self.tok(text, add_special_tokens=True)["input_ids"]) + len(
+                marker_ids(self.tok, m.causal_explain_separator if explain and m.method == "multitask"
+                           else m.causal_separator))
+        else:
+            prompts = [m.label_input(text)] + ([m.explain_input(text)] if explain and m.method == "multitask" else [])
+            n = max(len(ids) for ids in self.tok(prompts, add_special_tokens=True)["input_ids"])
         if n > limit:
             raise ClientError(422, f"is {n} tokens (with the task prefix); this model's limit is {limit} tokens "
                               "(max_input_length)", field)
@@ -132,7 +148,7 @@ class StudentReplica:
 
     def __init__(self, export_dir: str, device: str, dtype: str, batching: dict[str, Any], num_threads: int):
         self.student = load_student(export_dir, device, dtype, num_threads)
-        for method in (self.label, self.explain):
+        for method in (self.label, self.explain, self.choose):
             method.set_max_batch_size(batching["max_batch_size"])
             method.set_batch_wait_timeout_s(batching["batch_wait_timeout_s"])
         self.batch_sizes: list[int] = []
@@ -154,6 +170,13 @@ class StudentReplica:
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
     async def explain(self, texts: list[str]) -> list[dict[str, Any]]:
         return await self._run(texts, explain=True)
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
+    async def choose(self, items: list[tuple[str, list[str]]]) -> list[dict[str, Any]]:
+        """decoding=choices: one scoring pass ranks every candidate of every example in the batch."""
+        self.batch_sizes.append(len(items))
+        preds = self.student.predict([t for t, _ in items], False, len(items), candidates=[c for _, c in items])
+        return [{"label": p.label, "rationale": None, "scores": p.scores} for p in preds]
 
     def stats(self) -> dict[str, Any]:
         n = len(self.batch_sizes)
@@ -215,14 +238,20 @@ class Ingress:
             raise ClientError(422, f"has {len(examples)} examples; at most {limit} per request "
                               "(max_items_per_request)", "inputs")
         explain = req.explain and gate.meta.can_explain
-        texts = []
+        choices = req.decoding == "choices"
+        texts, cands = [], []
         for field, ex in examples:
             text = gate.to_text(field, ex)
-            gate.check_length(field, text, explain)
+            gate.check_length(field, text, explain and not choices)
             texts.append(text)
+            if choices:
+                cands.append(gate.candidates(field, ex))
         handle = self.handles[dataset]
-        call = handle.explain if explain else handle.label
-        preds = await asyncio.gather(*[call.remote(t) for t in texts])
+        if choices:
+            preds = await asyncio.gather(*[handle.choose.remote((t, c)) for t, c in zip(texts, cands)])
+        else:
+            call = handle.explain if explain else handle.label
+            preds = await asyncio.gather(*[call.remote(t) for t in texts])
         note = None
         if req.explain and not explain:
             note = (f"student {gate.name!r} was trained with method {gate.meta.method!r}, which has no rationale "

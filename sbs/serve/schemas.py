@@ -7,7 +7,7 @@ and the datasets agree on what a valid record is.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -38,6 +38,9 @@ class PredictRequest(BaseModel):
     input: Any = Field(None, description="one example: an object in the dataset's fields, or student input text")
     inputs: list[Any] | None = Field(None, description="several examples (each as in `input`)")
     explain: bool = Field(False, description="also generate a rationale (multitask / single_task students)")
+    decoding: Literal["generate", "choices"] = Field(
+        "generate", description="generate: the label task's greedy output; choices: rank the closed answer set "
+        "(the NLI labels, a CQA example's choices) by the label task's log-likelihood and return every score")
 
     @model_validator(mode="after")
     def _one_of(self) -> "PredictRequest":
@@ -57,6 +60,7 @@ class PredictRequest(BaseModel):
 class Prediction(BaseModel):
     label: str
     rationale: str | None = None
+    scores: dict[str, float] | None = Field(None, description="decoding=choices: log-likelihood of each candidate")
 
 
 class PredictResponse(BaseModel):

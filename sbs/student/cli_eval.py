@@ -2,6 +2,7 @@
 
     sbs eval runs/student/svamp-multitask/export --split test --out outputs/eval/svamp-multitask.json
     sbs eval EXPORT_DIR --split test --explain --limit 50     # also writes the rationales
+    sbs eval EXPORT_DIR --split test --decoding choices      # rank the label space / CQA choices
 
 The dataset comes from the export's sbs_meta.json (override with --dataset). Only the label
 task runs for the accuracy; --explain additionally generates rationales (multitask/single_task).
@@ -20,6 +21,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=32, help="generation batch size")
     p.add_argument("--limit", type=int, default=None, help="score only the first N examples")
     p.add_argument("--explain", action="store_true", help="also generate and write rationales")
+    p.add_argument("--decoding", default="generate", choices=["generate", "choices"],
+                   help="generate: the label task's greedy output (the paper's metric); choices: the candidate "
+                   "label the label task finds most likely (closed label spaces: NLI, CQA choices)")
+    p.add_argument("--normalize", action="store_true", help="--decoding choices: rank by mean token "
+                   "log-likelihood instead of the sum")
     p.add_argument("--out", default=None, help="write the JSON here (default: <export_dir>/eval-<split>.json)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: leave as set by OMP_NUM_THREADS)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the student runs (default: cpu)")
@@ -45,12 +51,13 @@ def run(args: argparse.Namespace) -> int:
     try:
         res = evaluate(args.export_dir, split=args.split, dataset=args.dataset, batch_size=args.batch_size,
                        limit=args.limit, explain=args.explain, device=args.device,
-                       dtype=getattr(torch, args.dtype))
+                       dtype=getattr(torch, args.dtype), decoding=args.decoding, normalize=args.normalize)
     except (FileNotFoundError, ValueError, KeyError) as e:
         print(f"sbs eval: {e}", file=sys.stderr)
         return 1
-    out = write_results(res, args.out or Path(args.export_dir) / f"eval-{args.split}.json")
-    brief = {k: res[k] for k in ("dataset", "split", "method", "n", "correct", "accuracy", "seconds")}
+    suffix = "" if args.decoding == "generate" else f"-{args.decoding}"
+    out = write_results(res, args.out or Path(args.export_dir) / f"eval-{args.split}{suffix}.json")
+    brief = {k: res[k] for k in ("dataset", "split", "method", "decoding", "n", "correct", "accuracy", "seconds")}
     print(json.dumps(brief))
     print(f"wrote {out}")
     return 0

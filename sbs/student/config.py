@@ -25,11 +25,19 @@ DEFAULT_LABEL_SOURCE: dict[str, LabelSource] = {
 
 
 class ModelConfig(Config):
-    name: str = Field("tiny-t5", description="'tiny-t5' / 'tiny-gpt2' (random, built from a config, for tests), "
-                      "'minilm' (packaged all-MiniLM-L6-v2 encoder-decoder), or a Hugging Face name or local path")
+    name: str = Field("tiny-t5", description="'tiny-t5' / 'tiny-gpt2' / 'tiny-gemma3' (random, built from a config, "
+                      "for tests), 'minilm' (packaged all-MiniLM-L6-v2 encoder-decoder), 'gemma3-270m' (packaged "
+                      "Gemma 3 270M base, causal: the best CPU student), or a Hugging Face name or local path")
     kind: ModelKindOpt = Field("auto", description="auto: from the model config (encoder-decoder -> seq2seq, "
                                "else causal); encoder_decoder builds EncoderDecoderModel from a pretrained encoder")
     init_seed: int = Field(0, description="seed for randomly initialised weights (tiny models, cross-attention)")
+    lora_r: int = Field(0, ge=0, le=1024, description="LoRA rank through peft (0: full finetuning); the export "
+                        "merges the adapter, so plain transformers loads it")
+    lora_alpha: float = Field(32.0, gt=0, description="LoRA scaling numerator (scale = lora_alpha / lora_r)")
+    lora_dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the LoRA input")
+    lora_targets: list[str] = Field(default_factory=lambda: ["all-linear"], min_length=1,
+                                    description="module names LoRA adapts; 'all-linear': every linear layer but "
+                                    "the LM head")
 
 
 class DataConfig(Config):

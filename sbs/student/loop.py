@@ -65,6 +65,11 @@ def _scheduler(opt: torch.optim.Optimizer, warmup: int) -> torch.optim.lr_schedu
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
 
 
+def trainable(model: Any) -> list[torch.nn.Parameter]:
+    """What the optimizer steps: everything, or the LoRA adapters alone (the base stays frozen)."""
+    return [p for p in model.parameters() if p.requires_grad]
+
+
 def setup_engine(cfg: StudentTrainConfig, model: Any, device: torch.device) -> tuple[Any, Any, Any, Any]:
     """(net to call forward on, the plain HF module, optimizer, scheduler) for the configured engine."""
     t = cfg.train
@@ -73,11 +78,11 @@ def setup_engine(cfg: StudentTrainConfig, model: Any, device: torch.device) -> t
 
         # DeepSpeed builds its CPU Adam from the config; the warm-up schedule wraps whatever it built.
         engine, opt, _, sched = deepspeed.initialize(
-            model=model, model_parameters=model.parameters(), config=deepspeed_config(cfg),
+            model=model, model_parameters=trainable(model), config=deepspeed_config(cfg),
             lr_scheduler=lambda o: _scheduler(o, t.warmup_steps))
         return engine, engine.module, opt, sched
     # Otherwise a torch optimizer on purpose: DeepSpeed's CPU Adam JIT-compiles for a minute or more on CPU.
-    opt = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+    opt = torch.optim.AdamW(trainable(model), lr=t.lr, weight_decay=t.weight_decay)
     sched = _scheduler(opt, t.warmup_steps)
     if t.engine == "deepspeed":
         import deepspeed
@@ -145,7 +150,9 @@ def save_checkpoint(d: Path, cfg: StudentTrainConfig, net: Any, module: Any, tok
                     meta: ExportMeta, state: dict[str, Any], rank: int) -> bool:
     """Write this rank's part of a checkpoint into `d`; True when the rank has something to report."""
     if cfg.train.engine == "deepspeed":
-        net.save_checkpoint(str(d), tag=DS_TAG)  # collective: each rank writes its optimizer shard
+        # collective: each rank writes its optimizer shard; with LoRA the frozen base (rebuilt
+        # from the model spec on resume) is left out, so a checkpoint is the adapter's size
+        net.save_checkpoint(str(d), tag=DS_TAG, exclude_frozen_parameters=bool(cfg.model.lora_r))
     elif rank == 0:
         torch.save({"model": module.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict()},
                    d / DDP_FILE)
@@ -169,7 +176,7 @@ def load_checkpoint(ckpt: Any, cfg: StudentTrainConfig, net: Any, module: Any, o
     with ckpt.as_directory() as d:
         d = Path(d)
         if cfg.train.engine == "deepspeed":
-            net.load_checkpoint(str(d), tag=DS_TAG)
+            net.load_checkpoint(str(d), tag=DS_TAG, load_module_strict=not cfg.model.lora_r)
         else:
             st = torch.load(d / DDP_FILE, map_location="cpu", weights_only=False)
             module.load_state_dict(st["model"])
@@ -206,20 +213,23 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     device = ray.train.torch.get_device()
 
     from sbs.student.data import valid_examples
-    from sbs.student.models import build_student
+    from sbs.student.models import build_trainable
 
-    model, tok, kind = build_student(cfg.model)
+    model, tok, kind = build_trainable(cfg.model)
     meta = make_meta(cfg, kind)
     collate = Collator(tok, meta)
     valid = valid_examples(cfg, config["valid_ids"], config["valid_split"])
     net, module, opt, sched = setup_engine(cfg, model, device)
     module.train()
 
-    state: dict[str, Any] = {"step": 0, "first_train_loss": None, "resumed_from": None}
+    # history: the per-step curve (rank 0's losses, the validation points), carried in every
+    # checkpoint so a resumed run continues it rather than starting a new one
+    state: dict[str, Any] = {"step": 0, "first_train_loss": None, "resumed_from": None, "history": []}
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
         state = load_checkpoint(ckpt, cfg, net, module, opt, sched)
         state["resumed_from"] = state["step"]
+        state.setdefault("history", [])
         if rank == 0:
             print(f"[sbs train] resumed from step {state['step']}", flush=True)
     batches = micro_batches(ray.train.get_dataset_shard("train"), cfg, state["step"])
@@ -231,6 +241,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         window.append(parts)
         state["step"] += 1
         step = state["step"]
+        state["history"].append({"step": step, **{k: round(v, 5) for k, v in parts.items()},
+                                 "lr": sched.get_last_lr()[0], "time": round(time.time(), 2)})
         _maybe_fail(cfg, step, rank, world)
         if rank == 0 and step % cfg.train.log_every == 0:
             print(f"[sbs train] step {step}/{cfg.train.steps} loss {parts['loss']:.4f} "
@@ -247,6 +259,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                    "global_batch": cfg.train.global_batch, "micro_batch": cfg.train.micro_batch,
                    "accumulation": cfg.accumulation, "num_workers": world,
                    "examples_seen": step * cfg.train.global_batch, "sec_per_step": (time.time() - t0) / len(window)}
+        state["history"].append({"step": step, "val_accuracy": acc})
         if rank == 0:
             print(f"[sbs train] step {step}: val_accuracy {acc:.4f} train_loss {means['loss']:.4f}", flush=True)
         with tempfile.TemporaryDirectory() as tmp:

