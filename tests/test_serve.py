@@ -194,3 +194,33 @@ def test_service_still_answers_after_bad_input(url):
     assert requests.get(url + "/healthz", timeout=30).status_code == 200
     r = post(url, {"dataset": "esnli", "inputs": [NLI, NLI]})
     assert r.status_code == 200 and len(r.json()["predictions"]) == 2
+
+
+# --- choice decoding: per-label scores -----------------------------------------------------------
+
+@pytest.mark.parametrize("dataset,record,labels", [
+    ("esnli", NLI, {"entailment", "neutral", "contradiction"}),  # a fixed label space
+    ("cqa", CQA, set(CQA["choices"]))])  # each example's own choices (a single_task student)
+def test_choice_decoding_returns_a_score_per_label(url, dataset, record, labels):
+    r = post(url, {"dataset": dataset, "inputs": [record, record], "decoding": "choices"})
+    assert r.status_code == 200, r.text
+    for p in r.json()["predictions"]:
+        assert set(p["scores"]) == labels and all(v < 0 for v in p["scores"].values())
+        assert p["label"] == max(p["scores"], key=p["scores"].get)
+    # the same example scored alone or batched with another gets the same scores
+    alone = post(url, {"dataset": dataset, "input": record, "decoding": "choices"}).json()["predictions"][0]
+    assert alone["scores"] == pytest.approx(r.json()["predictions"][0]["scores"], abs=1e-4)
+    gen = post(url, {"dataset": dataset, "input": record}).json()["predictions"][0]
+    assert gen["scores"] is None  # free generation (the default) has no scores
+
+
+@pytest.mark.parametrize("body,field", [
+    ({"dataset": "svamp", "input": SVAMP, "decoding": "choices"}, "input"),  # open answers: nothing to rank
+    ({"dataset": "cqa", "input": "Where is a fish?", "decoding": "choices"}, "input"),  # raw text: no choices
+    ({"dataset": "esnli", "input": NLI, "decoding": "beam"}, "decoding")])
+def test_choice_decoding_without_a_closed_answer_set_is_422(url, body, field):
+    r = post(url, body)
+    assert r.status_code == 422, r.text
+    assert [e["field"] for e in r.json()["errors"]] == [field]
+    if field == "input":
+        assert "decoding=choices needs a closed answer set" in r.json()["error"]

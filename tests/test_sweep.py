@@ -38,6 +38,32 @@ def test_summary_mean_and_standard_error(tmp_path):
     assert pngs and pngs[0].read_bytes()[:4] == b"\x89PNG"
 
 
+def test_paired_comparisons_over_seeds_and_test_examples(tmp_path):
+    """Multitask vs standard on 3 seeds and 4 test examples, by hand: per seed, multitask gets
+    examples a, b right and standard only a, so every difference is +0.25 (choices: +0.5)."""
+    rows = []
+    for seed in range(3):
+        for method, right, choice_right in (("multitask", "ab", "abc"), ("standard", "a", "a")):
+            r = _row(method, 1.0, seed, len(right) / 4, ds="cqa")
+            r["test_choice_accuracy"] = len(choice_right) / 4
+            rows.append(r)
+            d = tmp_path / "cells" / r["cell"]
+            d.mkdir(parents=True)
+            (d / results.PER_EXAMPLE).write_text(json.dumps(
+                {"generate": {i: i in right for i in "abcd"}, "choices": {i: i in choice_right for i in "abcd"}}))
+    rows.append(_row("distill", 1.0, 0, 0.1, ds="cqa"))  # one seed, no per-example file: seed stats only
+    pairs = {(p["b"], p["decoding"]): p for p in results.paired_comparisons(tmp_path, rows, n_boot=500)}
+    gen = pairs[("standard", "generate")]
+    assert (gen["seeds"], gen["mean_diff"], gen["seed_ci95"]) == (3, 0.25, [0.25, 0.25])  # no spread over seeds
+    assert gen["examples"] == 4 and gen["boot_ci95"][0] >= 0.0 and gen["boot_ci95"][1] <= 0.75
+    assert pairs[("standard", "choices")]["mean_diff"] == 0.5
+    d = pairs[("distill", "generate")]
+    assert d["seeds"] == 1 and d["seed_ci95"] is None and d["mean_diff"] == pytest.approx(0.4)
+    assert ("distill", "choices") not in pairs  # the distill cell has no choice accuracy
+    md = results.paired_markdown(list(pairs.values()))
+    assert "| cqa | 1 | multitask - standard | generate | 3 | +25.0 | [+25.0, +25.0] | 4 |" in md
+
+
 def test_config_checks_name_the_field():
     with pytest.raises(ConfigError, match=r"datasets.0.rationales"):
         load_config(SweepConfig, None, ["name=x", "out=o", "datasets=[{name: svamp}]", "methods=[multitask]"])
