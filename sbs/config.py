@@ -91,11 +91,14 @@ def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
 def format_validation_error(err: ValidationError, source: str = "config") -> str:
     lines = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        loc = ".".join(str(p) for p in e["loc"])
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown field (check the spelling)"
-        lines.append(f"{source}: {loc}: {msg}")
+        elif e["type"] == "value_error":
+            msg = msg.removeprefix("Value error, ")
+        # a cross-field check names its fields in its own message; a field's own check gets its path
+        lines.append(f"{source}: {loc}: {msg}" if loc else f"{source}: {msg}")
     return "\n".join(lines)
 
 

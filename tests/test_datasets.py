@@ -47,7 +47,8 @@ def test_parsers_never_raise_on_hostile_strings(name, text):
     ex = ds.load(ds.splits()[-1], limit=1)[0]
     for e in (ex, None):
         res = ds.parse(text, e)
-        assert res.ok in (True, False)
+        # parse() turns a parser exception into Rejected("parser_error"): that is a bug, not an answer
+        assert res.ok or res.reason != "parser_error", res.detail
         assert ds.score(text, ex) in (True, False)
         if res.ok and name == "svamp":
             assert "__import__" not in res.label
@@ -64,7 +65,7 @@ def test_parse_examples_per_dataset():
     r = cqa.parse(f"Because reasons. So the answer is ({letter}) {ex.label}.\n\nQ: x", ex)
     assert r.ok and r.label == ex.label.lower() and r.rationale == "Because reasons."
     r = cqa.parse("Hmm. So the answer is either (a) x or (b) y.", ex)
-    assert not r.ok and r.reason == "label_not_in_label_space"
+    assert not r.ok and r.reason == "ambiguous_answer"  # a hedge has its own reason
     r = es.parse("A man is a person.\nAnswer: Entailment\n\nPremise: next")
     assert r.ok and r.label == "entailment"
     r = es.parse("A man is a person.\nAnswer: maybe")
@@ -196,3 +197,25 @@ def test_generic_dataset_errors_name_the_problem(tmp_path):
 def test_example_round_trip():
     ex = DATASETS["cqa"].load("test", limit=1)[0]
     assert isinstance(ex, Example) and ex.to_row()["field_question"] == ex.fields["question"]
+
+
+def test_lone_surrogates_in_fields_name_the_field():
+    from sbs.datasets import InputError, get_dataset
+
+    with pytest.raises(InputError, match=r"esnli: field 'hypothesis' is not valid Unicode text \(a lone surrogate at "
+                                         r"character 3\)"):
+        get_dataset("esnli").format_input({"premise": "A dog runs.", "hypothesis": "Dog\ud800 moves."})
+    with pytest.raises(InputError, match=r"field 'choices\[2\]' is not valid Unicode"):
+        get_dataset("cqa").format_input({"question": "Where?", "choices": ["a", "b", "\udfffc"]})
+    assert get_dataset("svamp").format_input({"problem": "Ann has 3 pens \u00e9\U0001f600."})  # real non-ASCII is fine
+
+
+@pytest.mark.parametrize("answer", ["(a) daydream or (c) get ideas", "(b) orchestra or (e) symphony",
+                                    "(a) listen to music and (b) watch television"])
+def test_cqa_answer_naming_two_choices_is_rejected_as_ambiguous(answer):
+    cqa = DATASETS["cqa"]
+    ex = cqa.load("test", limit=1)[0]
+    res = cqa.parse(f"People do many things. So the answer is {answer}.", ex)
+    assert not res.ok and res.reason == "ambiguous_answer" and "names 2 choices" in res.detail
+    one = cqa.parse(f"People do many things. So the answer is (a) {ex.fields['choices'][0]}.", ex)
+    assert one.ok and one.label == cqa.normalize_label(ex.fields["choices"][0], ex)

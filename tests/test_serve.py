@@ -224,3 +224,17 @@ def test_choice_decoding_without_a_closed_answer_set_is_422(url, body, field):
     assert [e["field"] for e in r.json()["errors"]] == [field]
     if field == "input":
         assert "decoding=choices needs a closed answer set" in r.json()["error"]
+
+
+@pytest.mark.parametrize("body,field", [
+    # valid JSON (a \ud800 escape), but no Unicode text: every tokenizer raises on it
+    ('{"dataset": "esnli", "inputs": ["\\ud800"]}', "inputs[0]"),
+    ('{"dataset": "esnli", "input": {"premise": "A dog \\udfff runs.", "hypothesis": "A dog moves."}}', "input"),
+    ('{"dataset": "cqa", "input": {"question": "Where?", "choices": ["a", "b\\ud800"]}}', "input")])
+def test_lone_surrogates_are_422_naming_the_field(url, body, field):
+    r = post(url, body)
+    assert r.status_code == 422, r.text
+    assert [e["field"] for e in r.json()["errors"]] == [field]
+    assert "lone surrogate" in r.json()["error"]
+    if "choices" in body:
+        assert "choices[1]" in r.json()["error"]

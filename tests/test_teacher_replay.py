@@ -47,6 +47,18 @@ def test_replay_svamp_reproduces_the_parser_exactly(ray_local, tmp_path):
     assert stats["exemplar_ids"] == []  # replay ignores our prompt: nothing to hold out
 
 
+@pytest.mark.parametrize("change", ["sampling.temperature=0.7", "sampling.max_tokens=64", "sampling.seed=3",
+                                    "sampling.top_p=0.9", "sampling.stop=[X]", "prompt.chat=true"])
+def test_rerun_with_other_teacher_settings_is_refused_naming_the_field(ray_local, tmp_path, change):
+    out = tmp_path / "fp"
+    first = _run(out, "limit=20")
+    with pytest.raises(FileExistsError, match=r"different settings \(" + change.split("=")[0].replace(".", r"\.")):
+        _run(out, "limit=20", change)
+    # nothing already written was touched, and the same settings still resume (nothing to redo)
+    again = _run(out, "limit=20")
+    assert again["accepted"] == first["accepted"] and again["examples_in"] == 20
+
+
 def test_gold_filter_rejects_disagreements(ray_local, tmp_path):
     ds = get_dataset("svamp")
     examples = ds.load("train", limit=300)

@@ -28,6 +28,7 @@ EMPTY_RATIONALE = "empty_rationale"
 BAD_EQUATION = "unparseable_equation"
 TOO_LONG = "too_long"
 NOT_TEXT = "not_text"
+AMBIGUOUS = "ambiguous_answer"  # the answer names two or more choices ("(a) x or (c) y")
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,16 @@ class SplitUnavailable(ValueError):
 
 class InputError(ValueError):
     """A user/request record that cannot be turned into a student input (names the field)."""
+
+
+def text_problem(value: str) -> str | None:
+    """Why a string cannot reach a tokenizer, or None: lone surrogates (valid JSON, "\\ud800", but
+    not Unicode text) make every tokenizer raise."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return f"is not valid Unicode text (a lone surrogate at character {e.start})"
+    return None
 
 
 def normalize_text(s: str) -> str:
@@ -150,6 +161,10 @@ class TaskDataset:
                 raise InputError(f"{self.name}: field '{f}' has the wrong type ({type(v).__name__})")
             if isinstance(v, str) and not v.strip():
                 raise InputError(f"{self.name}: field '{f}' is empty")
+            for i, t in enumerate(v if isinstance(v, list) else [v]):
+                why = text_problem(t) if isinstance(t, str) else None
+                if why:
+                    raise InputError(f"{self.name}: field '{f}{f'[{i}]' if isinstance(v, list) else ''}' {why}")
         return record
 
     def _field_ok(self, name: str, value: Any) -> bool:

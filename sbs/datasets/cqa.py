@@ -9,11 +9,12 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from sbs.datasets.base import (NO_ANSWER, OUT_OF_SPACE, Example, InputError, Parsed, ParseResult, Rejected,
+from sbs.datasets.base import (AMBIGUOUS, NO_ANSWER, OUT_OF_SPACE, Example, InputError, Parsed, ParseResult, Rejected,
                                TaskDataset, normalize_text, split_answer)
 
 LETTERS = "abcdefghij"
 _ANSWER = re.compile(r"[Ss]o the answer is[:\s]*(?P<ans>.+?)\s*\.?\s*$", re.S)
+_ANY_LETTER = re.compile(r"\(([a-jA-J])\)")
 _LETTER = re.compile(r"^\(?([a-jA-J])\)(?:\s+(.*))?$|^([a-jA-J])$", re.S)
 
 
@@ -71,6 +72,9 @@ class Cqa(TaskDataset):
         if sp is None:
             return Rejected(NO_ANSWER, "no 'So the answer is' in the output")
         rationale, ans = sp
+        named = {m.lower() for m in _ANY_LETTER.findall(ans)}
+        if len(named) > 1:  # "(a) daydream or (c) get ideas": a hedge, not an answer
+            return Rejected(AMBIGUOUS, f"answer {ans[:80]!r} names {len(named)} choices")
         letter, choice_text = _letter_and_text(ans)
         if example is None:
             return Parsed(rationale, choice_text or (letter or ""))

@@ -21,7 +21,9 @@ from typing import Any
 # name -> (script, extra args for the default run, extra args for --quick)
 BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
     "teacher_pipeline": ("benchmarks/teacher_bench.py", [], ["--quick"]),
-    "student_step": ("benchmarks/student_step.py", [], ["--quick"]),
+    # Gemma 3 270M + LoRA on CQA: HF's default loss vs sbs's, multitask vs standard (docs/student.md)
+    "student_step": ("benchmarks/student_step.py", ["--lora-r", "16", "--max-input", "128", "--max-label", "16",
+                                                    "--max-rationale", "96", "--steps", "3"], ["--quick"]),
     "serving": ("benchmarks/serve_load.py", [], ["--quick"]),
 }
 

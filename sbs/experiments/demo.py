@@ -106,7 +106,7 @@ def train_overrides(out: Path, steps: int) -> list[str]:
             f"data.rationales={out / 'rationales' / DATASET}", f"train.steps={steps}",
             f"train.eval_every={max(1, steps // 2)}", "train.global_batch=16", "train.micro_batch=16",
             "train.lr=3e-4", "train.warmup_steps=4", "train.zero_stage=0", "data.valid_limit=60",
-            "data.max_input_length=128", "data.max_rationale_length=64", "data.max_label_length=16",
+            "data.max_input_length=128", "data.max_rationale_length=48", "data.max_label_length=16",
             "scale.num_workers=1", "scale.cpus_per_worker=2", f"run.name=demo-{DATASET}-multitask",
             f"run.storage_path={out / 'runs'}", f"run.export_dir={out / 'student'}"]
 
@@ -121,6 +121,19 @@ def step_train(out: Path, steps: int) -> dict[str, Any]:
             "written": str(outcome.export_dir)}
 
 
+@contextlib.contextmanager
+def _all_cores():
+    """The driver evaluates while Ray's workers idle: give torch every core, then hand them back."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def step_untrained(out: Path, limit: int) -> dict[str, Any]:
     """The same model before training, same prompt layout and choice scoring: what training added."""
     from sbs.export import ExportMeta
@@ -132,7 +145,8 @@ def step_untrained(out: Path, limit: int) -> dict[str, Any]:
     model, tok, kind = build_student(ModelConfig(name="gemma3-270m"))
     student = Student(model, tok, ExportMeta(method="standard", dataset=DATASET, model_kind=kind,
                                              base_model="gemma3-270m", max_input_length=128, max_label_length=16))
-    res = evaluate(out / "untrained", split="test", limit=limit, student=student, decoding="choices")
+    with _all_cores():
+        res = evaluate(out / "untrained", split="test", limit=limit, student=student, decoding="choices")
     write_results(res, out / "eval_untrained_choices.json")
     return {"summary": f"untrained Gemma 3 270M, choice scoring: {res['accuracy']:.3f} on {res['n']} CQA test "
                        "questions", "untrained_choices": res["accuracy"],
@@ -142,9 +156,10 @@ def step_untrained(out: Path, limit: int) -> dict[str, Any]:
 def step_eval(out: Path, limit: int) -> dict[str, Any]:
     from sbs.student.evaluate import evaluate, write_results
 
-    gen = evaluate(out / "student", split="test", limit=limit)
+    with _all_cores():
+        gen = evaluate(out / "student", split="test", limit=limit)
+        ch = evaluate(out / "student", split="test", limit=limit, decoding="choices")
     write_results(gen, out / "eval_test.json")
-    ch = evaluate(out / "student", split="test", limit=limit, decoding="choices")
     write_results(ch, out / "eval_test_choices.json")
     return {"summary": f"label-only test accuracy {gen['accuracy']:.3f} (free generation), {ch['accuracy']:.3f} "
                        f"(choice scoring) on {gen['n']} CQA test questions",

@@ -63,6 +63,10 @@ def run_cell(cfg_json: dict[str, Any], cell: dict[str, Any]) -> dict[str, Any]:
     t0 = time.time()
     outcome = train(scfg)
     train_s = time.time() - t0
+    import torch
+
+    # the test evaluation runs here, once the cell's workers are gone: on the CPUs they held
+    torch.set_num_threads(scfg.scale.cpus_per_worker * scfg.scale.num_workers)
     ev = evaluate(outcome.export_dir, split=d.test_split, limit=d.test_limit, batch_size=cfg.eval_batch)
     # Choice scoring beside free generation where the answers form a closed set (not SVAMP's
     # equations); free generation stays the headline, as in the paper.

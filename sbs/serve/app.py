@@ -27,6 +27,7 @@ from ray.serve.handle import DeploymentHandle
 
 from sbs.config import ConfigError, apply_overrides, build, read_yaml
 from sbs.datasets import InputError, get_dataset
+from sbs.datasets.base import text_problem
 from sbs.export import META_FILE, ExportMeta
 from sbs.serve.config import ServeConfig, StudentSpec
 from sbs.student.causal import marker_ids
@@ -84,6 +85,9 @@ class InputGate:
             if not example.strip():
                 raise ClientError(422, "is an empty string; send student input text or an object "
                                   f"with fields {fields}", field)
+            why = text_problem(example)
+            if why:
+                raise ClientError(422, why, field)
             return example
         if isinstance(example, dict):
             try:

@@ -256,10 +256,14 @@ def execute(cfg: TeacherConfig, backend: TeacherBackend | None = None) -> dict[s
 
 
 def _fingerprint(cfg: TeacherConfig, source: InputSource, n: int, backend: TeacherBackend) -> dict[str, Any]:
-    """What must match for a rerun to resume into the same directory."""
+    """What must match for a rerun to resume into the same directory: everything that changes a
+    teacher output (the whole sampling and prompt sections included), so shards from two different
+    teachers never mix. Keys are config field paths, so a refusal names the fields that differ."""
     return {"dataset": cfg.dataset, "split": cfg.split, "source": cfg.source, "input": source.path, "rows": n,
-            "shard_size": cfg.shard_size, "prompt": cfg.prompt.mode, "backend": backend.describe(),
-            "k": cfg.sampling.k, "gold_consistency": cfg.filter.gold_consistency}
+            "shard_size": cfg.shard_size, "backend": backend.describe(),
+            **{f"prompt.{k}": v for k, v in cfg.prompt.model_dump(mode="json").items()},
+            **{f"sampling.{k}": v for k, v in cfg.sampling.model_dump(mode="json").items()},
+            "filter.gold_consistency": cfg.filter.gold_consistency}
 
 
 def write_stats(cfg: TeacherConfig, ledger: Ledger, renderer: Renderer, run: Run, wall: float,
