@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from sbs.export import ExportMeta
-from sbs.student.causal import branch_scores, encode_rows, prompt_ids
+from sbs.student.causal import IGNORE, branch_scores, encode_rows, prompt_ids
 
 
 def load_model(export_dir: str | Path, kind: str, dtype: torch.dtype | None = None) -> Any:
@@ -125,9 +125,9 @@ class Student:
                        max_length=self.meta.max_input_length).to(self.device)
         tgt = [ids[: max_t - 1] + [self.eos] for ids in self.tok(flat_t, add_special_tokens=False)["input_ids"]]
         width = max(map(len, tgt))
-        labels = torch.tensor([t + [-100] * (width - len(t)) for t in tgt], device=self.device)
+        labels = torch.tensor([t + [IGNORE] * (width - len(t)) for t in tgt], device=self.device)
         logits = self.model(**enc, labels=labels).logits.float()
-        keep = labels != -100
+        keep = labels != IGNORE
         logp = torch.log_softmax(logits, -1).gather(-1, labels.clamp(min=0)[..., None])[..., 0] * keep
         flat = (logp.sum(-1) / (keep.sum(-1) if normalize else 1)).tolist()
         out, i = [], 0

@@ -121,3 +121,11 @@ def test_every_shipped_sweep_config_and_all_its_cells_load(path):
         st = load_train_config(base, student_overrides(cfg, c["dataset"], c["method"], c["fraction"], c["seed"],
                                                        c["cell"]))
         assert st.method.name == c["method"] and st.data.fraction == c["fraction"]
+
+
+def test_committed_results_name_paths_relative_to_the_checkout(monkeypatch, tmp_path):
+    from sbs.experiments.sweep import portable
+
+    monkeypatch.chdir(tmp_path)
+    assert portable(f"data.rationales={tmp_path}/results/rationales/cqa") == "data.rationales=results/rationales/cqa"
+    assert portable("run.storage_path=/elsewhere/runs") == "run.storage_path=/elsewhere/runs"  # outside: kept

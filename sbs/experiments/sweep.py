@@ -50,6 +50,13 @@ def student_overrides(cfg: SweepConfig, d: SweepDataset, method: str, fraction: 
     return ov
 
 
+def portable(text: str) -> str:
+    """A path (or key=path override) under the working directory, written relative to it: committed
+    results then name no machine's checkout and their commands replay from any clone's root."""
+    root = str(Path.cwd().resolve()) + os.sep
+    return text.replace(root, "")
+
+
 def run_cell(cfg_json: dict[str, Any], cell: dict[str, Any]) -> dict[str, Any]:
     """Train + test one cell; writes and returns its result row. Runs in a Ray task."""
     from sbs.student.config import load_train_config
@@ -85,7 +92,7 @@ def run_cell(cfg_json: dict[str, Any], cell: dict[str, Any]) -> dict[str, Any]:
            "train_rows": outcome.data_stats.get("train_rows"), "train_seconds": round(train_s, 1),
            # train_seconds is this attempt's wall time: a cell resumed from a checkpoint says so here
            "resumed_from_step": outcome.last_metrics.get("resumed_from"),
-           "cell": cell["cell"], "overrides": ov}
+           "cell": cell["cell"], "overrides": [portable(o) for o in ov]}
     cell_dir = Path(cfg.out) / "cells" / cell["cell"]
     cell_dir.mkdir(parents=True, exist_ok=True)
     # per-example correctness: what the paired bootstrap over test examples resamples
@@ -120,7 +127,7 @@ def run_sweep(cfg: SweepConfig, max_cells: int | None = None) -> dict[str, Any]:
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "sweep.json").write_text(json.dumps(cfg.model_dump(mode="json"), indent=2), encoding="utf-8")
+    (out / "sweep.json").write_text(portable(json.dumps(cfg.model_dump(mode="json"), indent=2)), encoding="utf-8")
     todo = [c for c in cells(cfg) if not (out / "cells" / c["cell"] / "result.json").is_file()]
     total = len(cells(cfg))
     print(f"[sbs sweep] {cfg.name}: {total - len(todo)} of {total} cells already finished; {len(todo)} to run",
