@@ -4,7 +4,8 @@
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/student_step.py --model minilm --dataset svamp
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/student_step.py --model tiny-t5 --steps 20
 
-One process, no Ray: the same Collator, loss, AdamW and gradient clipping as a training worker,
+One process, no Ray: a training worker's own step (sbs.student.loop.optimizer_step: Collator,
+loss, AdamW, warm-up schedule and gradient clipping),
 on real rows with the recorded PaLM rationales. Prints seconds per step (median of --steps after
 --warmup), the collation share of a step, and two ratios: multitask / standard (sbs runs the
 causal multi-task step as one pass over the shared input; the paper's two-pass step costs one
@@ -22,11 +23,11 @@ import time
 
 import torch
 
-from sbs.export import ExportMeta
 from sbs.student.collate import Collator
-from sbs.student.config import ModelConfig
+from sbs.student.config import ModelConfig, StudentTrainConfig
 from sbs.student.data import read_accepted
 from sbs.student.losses import compute_loss
+from sbs.student.loop import make_meta, make_optimizer, optimizer_step
 from sbs.student.models import build_trainable
 from sbs.student.recorded import write_accepted
 
@@ -51,26 +52,28 @@ def hf_default_loss(model, batch, method: str, weight: float):
 
 
 def time_method(model, tok, kind: str, rows, method: str, args, loss_fn=compute_loss) -> dict[str, float]:
-    meta = ExportMeta(method=method, dataset=args.dataset, model_kind=kind, max_input_length=args.max_input,
-                      max_label_length=args.max_label, max_rationale_length=args.max_rationale)
-    collate = Collator(tok, meta)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-5)
+    """Seconds per optimizer step of the training loop's own step (sbs.student.loop.optimizer_step:
+    AdamW, warm-up schedule, gradient clipping) on `rows`, plus the collation share of it."""
+    cfg = StudentTrainConfig.model_validate({
+        "model": {"name": args.model, "lora_r": args.lora_r, "lora_layers": args.lora_layers},
+        "data": {"dataset": args.dataset, "rationales": "recorded", "max_input_length": args.max_input,
+                 "max_label_length": args.max_label, "max_rationale_length": args.max_rationale},
+        "method": {"name": method},
+        "train": {"engine": "ddp", "global_batch": len(rows), "micro_batch": len(rows), "lr": 1e-5,
+                  "warmup_steps": 1}})
+    collate = Collator(tok, make_meta(cfg, kind))
+    opt, sched = make_optimizer(cfg, model)
     model.train()
     collate_s, step_s = [], []
     for i in range(args.warmup + args.steps):
         t0 = time.perf_counter()
-        batch = collate(rows)
+        collate(rows)  # timed alone: the step below collates the same rows again
         t1 = time.perf_counter()
-        loss, _ = loss_fn(model, batch, method, 1.0)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        optimizer_step(cfg, model, model, opt, sched, iter([rows]), collate, torch.device("cpu"), loss_fn=loss_fn)
         t2 = time.perf_counter()
         if i >= args.warmup:
             collate_s.append(t1 - t0)
-            step_s.append(t2 - t0)
+            step_s.append(t2 - t1)
     step, col = statistics.median(step_s), statistics.median(collate_s)
     return {"step_s": step, "collate_s": col, "collate_share": col / step}
 
@@ -80,6 +83,7 @@ def main() -> None:
     p.add_argument("--model", default="gemma3-270m", help="student spec (gemma3-270m, minilm, tiny-t5, HF name/path)")
     p.add_argument("--dataset", default="cqa", help="rows with recorded rationales from this dataset")
     p.add_argument("--lora-r", type=int, default=0, help="LoRA rank (0: full finetuning)")
+    p.add_argument("--lora-layers", type=int, default=0, help="LoRA on the top N layers only (0: all)")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
@@ -96,12 +100,13 @@ def main() -> None:
         args.model, args.batch, args.steps = "tiny-gemma3", 8, 3
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, tok, kind = build_trainable(ModelConfig(name=args.model, lora_r=args.lora_r))
+    model, tok, kind = build_trainable(ModelConfig(name=args.model, lora_r=args.lora_r, lora_layers=args.lora_layers))
     rows = recorded_rows(args.dataset, args.batch)
     res = {m: time_method(model, tok, kind, rows, m, args) for m in ("standard", "multitask")}
     if kind == "causal" and not args.skip_hf_loss:
         res["standard_hf_loss"] = time_method(model, tok, kind, rows, "standard", args, hf_default_loss)
-    out = {"model": args.model, "dataset": args.dataset, "lora_r": args.lora_r, "batch": args.batch,
+    out = {"model": args.model, "dataset": args.dataset, "lora_r": args.lora_r, "lora_layers": args.lora_layers,
+           "batch": args.batch,
            "threads": torch.get_num_threads(), "steps": args.steps,
            **{f"{m}_{k}": round(v, 4) for m, r in res.items() for k, v in r.items()},
            "ratio_multitask_over_standard": round(res["multitask"]["step_s"] / res["standard"]["step_s"], 3)}

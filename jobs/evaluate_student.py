@@ -10,9 +10,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sbs.student.cli_eval import add_arguments, run
+from sbs.student.cli import eval as evaluate
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(prog="evaluate_student")
-    add_arguments(parser)
-    sys.exit(run(parser.parse_args()))
+    evaluate.add_arguments(parser)
+    sys.exit(evaluate.run(parser.parse_args()))

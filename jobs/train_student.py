@@ -15,9 +15,9 @@ from pathlib import Path
 # `ray job submit --working-dir .` runs this file from the repo copy; make `sbs` importable there.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sbs.student.cli_train import add_arguments, run
+from sbs.student.cli import train
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(prog="train_student")
-    add_arguments(parser)
-    sys.exit(run(parser.parse_args()))
+    train.add_arguments(parser)
+    sys.exit(train.run(parser.parse_args()))

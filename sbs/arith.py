@@ -117,3 +117,10 @@ def try_evaluate(expr: str) -> float | None:
 
 def numbers_equal(a: float, b: float, rel: float = 1e-4, abs_tol: float = 1e-4) -> bool:
     return math.isclose(a, b, rel_tol=rel, abs_tol=abs_tol)
+
+
+def same_value(pred: object, gold: object) -> bool:
+    """Numeric answer scoring (SVAMP, generic `answer_type: number`): both sides evaluate, to equal
+    values. Never raises: a prediction that is not an arithmetic expression is wrong."""
+    p, g = try_evaluate(pred), try_evaluate(gold)  # type: ignore[arg-type]
+    return p is not None and g is not None and numbers_equal(p, g)

@@ -1,7 +1,8 @@
 """The `sbs` command line: one subcommand per stage.
 
-Each stage lives in its own module with `add_arguments(parser)` and `run(args) -> int`; this
-file is only the table. Modules are imported when their command runs, so `sbs --help` is fast.
+Each stage lives in its own module with `add_arguments(parser)` and `run(args) -> int`
+(`module:name` when one module holds several commands, as sbs.student.cli does); this file is
+only the table. Modules are imported when their command runs, so `sbs --help` is fast.
 """
 from __future__ import annotations
 
@@ -13,11 +14,13 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "teacher-report": ("sbs.teacher_report", "parse the recorded PaLM teacher outputs and report per split"),
     "rationales": ("sbs.teacher.cli", "teacher stage: generate rationales + labels to Parquet (Ray Data)"),
-    "train": ("sbs.student.cli_train", "student stage: multi-task / baseline training (Ray Train + DeepSpeed)"),
-    "eval": ("sbs.student.cli_eval", "label-only evaluation of an exported student on a split"),
+    "train": ("sbs.student.cli:train", "student stage: multi-task / baseline training (Ray Train + DeepSpeed)"),
+    "eval": ("sbs.student.cli:eval", "label-only evaluation of an exported student on a split"),
     "serve": ("sbs.serve.cli", "serve an exported student over HTTP (Ray Serve)"),
     "sweep": ("sbs.experiments.sweep", "methods x fractions x seeds x datasets, resumable, with tables and plots"),
     "bench": ("sbs.experiments.bench", "run every benchmark and write one JSON of figures and ratios"),
+    "local-cluster": ("sbs.local_cluster", "a multi-node Ray cluster on this machine (head + role nodes), "
+                      "node kills for failure drills"),
     "demo": ("sbs.experiments.demo", "the whole pipeline on the embedded CPU default"),
 }
 
@@ -39,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     name = argv[0]
     if name not in COMMANDS:
         parser.error(f"unknown command {name!r}; choose one of {', '.join(COMMANDS)}")
-    module_name, help_ = COMMANDS[name]
+    target, help_ = COMMANDS[name]
+    module_name, _, attr = target.partition(":")
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as e:
@@ -48,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return 2
         raise
+    if attr:
+        module = getattr(module, attr)
     sp = argparse.ArgumentParser(prog=f"sbs {name}", description=help_)
     module.add_arguments(sp)
     args = sp.parse_args(argv[1:])

@@ -3,6 +3,11 @@
 Every stage's config is a `Config` subclass. Unknown keys are errors (a typo must not silently
 fall back to a default), and every error names the field path, e.g. `train.lr: Input should be
 greater than 0`. YAML files may `include:` a base file (relative path) that they override.
+
+Paths: a path inside a config is relative to the working directory of the command that loads it
+(as on the command line), with two exceptions that belong to a file, not to a run: `include:`
+and a dataset YAML's `files:` (and `prompt_file:`) are relative to the YAML that names them, so a
+dataset folder moves as a unit.
 """
 from __future__ import annotations
 
@@ -109,10 +114,12 @@ def build(cls: type[T], data: dict, source: str = "config") -> T:
         raise ConfigError(format_validation_error(e, source)) from None
 
 
-def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
-    """Load `cls` from an optional YAML file plus `key=value` overrides; errors name file and field."""
+def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None,
+                inline: dict | None = None) -> T:
+    """Load `cls` from an optional YAML file, then `inline` fields (deep-merged over it), then
+    `key=value` overrides; errors name the file and the field."""
     data = read_yaml(path) if path else {}
-    data = apply_overrides(data, overrides)
+    data = apply_overrides(_deep_merge(data, inline or {}), overrides)
     return build(cls, data, source=str(path) if path else "config")
 
 

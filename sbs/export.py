@@ -16,6 +16,7 @@ from pydantic import Field, ValidationError
 
 from sbs import __version__
 from sbs.config import Config, format_validation_error
+from sbs.datasets.base import split_answer
 
 META_FILE = "sbs_meta.json"
 Method = Literal["standard", "distill", "single_task", "multitask"]
@@ -90,17 +91,9 @@ class ExportMeta(Config):
     def label_from_output(self, text: str) -> str:
         """The label in a decoded label-task output (single_task outputs carry a rationale first)."""
         text = text.strip()
-        if self.method != "single_task":
-            return text
-        m = None
-        for m in _SINGLE_TASK_ANSWER.finditer(text):
-            pass
-        return m.group("ans").strip() if m else text
+        parts = split_answer(text, _SINGLE_TASK_ANSWER) if self.method == "single_task" else None
+        return parts[1] if parts else text
 
     def rationale_from_output(self, text: str) -> str:
-        if self.method != "single_task":
-            return text.strip()
-        m = None
-        for m in _SINGLE_TASK_ANSWER.finditer(text):
-            pass
-        return text[: m.start()].strip() if m else text.strip()
+        parts = split_answer(text, _SINGLE_TASK_ANSWER) if self.method == "single_task" else None
+        return parts[0] if parts else text.strip()

@@ -33,7 +33,9 @@ _DECIMAL = re.compile(r"(?<=\d) ?\. ?(?=\d)")
 
 
 @dataclass
-class Prediction:
+class Answer:
+    """One student answer (the HTTP form is sbs.serve.schemas.Prediction)."""
+
     label: str
     raw: str
     rationale: str | None = None
@@ -137,7 +139,7 @@ class Student:
         return out
 
     def predict(self, inputs: list[str], explain: bool = False, batch_size: int = 32,
-                candidates: list[list[str]] | None = None, normalize: bool = False) -> list[Prediction]:
+                candidates: list[list[str]] | None = None, normalize: bool = False) -> list[Answer]:
         """Labels for student input texts; with `explain`, also a rationale (multitask / single_task).
 
         `candidates` (one list per input) switches to choice decoding: the label is the candidate
@@ -148,7 +150,7 @@ class Student:
             label_len = meta.max_rationale_length + meta.max_label_length
         if candidates is not None and len(candidates) != len(inputs):
             raise ValueError(f"candidates: {len(candidates)} lists for {len(inputs)} inputs")
-        preds: list[Prediction] = []
+        preds: list[Answer] = []
         for i in range(0, len(inputs), batch_size):
             chunk = inputs[i:i + batch_size]
             rats: list[str | None] = [None] * len(chunk)
@@ -160,11 +162,11 @@ class Student:
             elif meta.method == "single_task":
                 rats = [meta.rationale_from_output(r) for r in raws]
             if candidates is None:
-                preds += [Prediction(meta.label_from_output(r), r, rt if explain else None) for r, rt in zip(raws, rats)]
+                preds += [Answer(meta.label_from_output(r), r, rt if explain else None) for r, rt in zip(raws, rats)]
                 continue
             cands = candidates[i:i + batch_size]
             scores = self.score_choices(chunk, cands, [str(r) for r in rats], normalize)
             for r, rt, cs, sc in zip(raws, rats, cands, scores):
                 best = max(range(len(cs)), key=lambda j: sc[j])
-                preds.append(Prediction(cs[best], r or cs[best], rt if explain else None, dict(zip(cs, sc))))
+                preds.append(Answer(cs[best], r or cs[best], rt if explain else None, dict(zip(cs, sc))))
         return preds

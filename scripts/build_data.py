@@ -18,6 +18,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from sbs.datasets import get_dataset
+
 SPLITS = {"svamp": ["train", "test"], "cqa": ["train", "test"], "esnli": ["valid", "test"], "anli1": ["valid", "test"]}
 
 
@@ -36,23 +38,6 @@ def _read_teacher(root: Path, split: str) -> list[str]:
     return out
 
 
-def _rows(name: str, split: str, gold: list[dict]) -> list[dict]:
-    rows = []
-    for i, g in enumerate(gold):
-        if name == "svamp":
-            rows.append({"id": f"svamp-{split}-{i:05d}", "problem": g["input"], "label": g["label"]})
-        elif name == "cqa":
-            rows.append({"id": g["id"], "question": g["question"], "choices": list(g["choices"]),
-                         "answer": g["answer"], "abstractive_explanation": g.get("abstractive_explanation") or ""})
-        elif name == "esnli":
-            rows.append({"id": f"esnli-{split}-{i:05d}", "premise": g["premise"], "hypothesis": g["hypothesis"],
-                         "label": int(g["label"]), "explanation_1": g.get("explanation_1") or ""})
-        elif name == "anli1":
-            rows.append({"id": g["uid"], "premise": g["premise"], "hypothesis": g["hypothesis"],
-                         "label": int(g["label"]), "reason": g.get("reason") or ""})
-    return rows
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--src", default="../shared/data/distilling-step-by-step/datasets")
@@ -65,7 +50,8 @@ def main() -> None:
             teacher = _read_teacher(root, split)
             if len(teacher) != len(gold):
                 raise SystemExit(f"{name}/{split}: {len(gold)} gold rows but {len(teacher)} teacher outputs")
-            rows = _rows(name, split, gold)
+            ds = get_dataset(name)  # the dataset module owns its shipped column layout
+            rows = [ds.shipped_row(g, split, i) for i, g in enumerate(gold)]
             for r, t in zip(rows, teacher):
                 r["teacher"] = t
             ids = [r["id"] for r in rows]

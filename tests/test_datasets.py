@@ -219,3 +219,15 @@ def test_cqa_answer_naming_two_choices_is_rejected_as_ambiguous(answer):
     assert not res.ok and res.reason == "ambiguous_answer" and "names 2 choices" in res.detail
     one = cqa.parse(f"People do many things. So the answer is (a) {ex.fields['choices'][0]}.", ex)
     assert one.ok and one.label == cqa.normalize_label(ex.fields["choices"][0], ex)
+
+
+@pytest.mark.parametrize("pred,gold,right", [
+    ("(84 / 2)", "( 84.0 / 2.0 )", True), ("42", "( 84.0 / 2.0 )", True), ("41", "42", False),
+    ("1,000.", "1000", True), (None, "1", False), (7, "7", False), ("seven", "7", False), ("1", "(", False)])
+def test_numeric_answers_score_the_same_on_svamp_and_generic(tmp_path, pred, gold, right):
+    from sbs.arith import same_value
+
+    generic = GenericDataset(GenericDatasetConfig(name="m", files={"train": "x.jsonl"}, input_columns=["q"],
+                                                  label_column="a", answer_type="number"), tmp_path)
+    ex = Example("e", "", gold)
+    assert same_value(pred, gold) == DATASETS["svamp"].score(pred, ex) == generic.score(pred, ex) == right

@@ -1,16 +1,22 @@
-"""The served student over real HTTP: one Serve app (three random-weight students) on 127.0.0.1.
+"""The served student over real HTTP: one Serve app (three untrained students) on 127.0.0.1.
 
-Starting Serve costs ~25-40 s on 2 cores, so the whole module shares one app. Random weights give
-arbitrary labels: these tests check shapes, validation, status codes and routing, not accuracy.
+Starting Serve costs ~25-40 s on 2 cores, so the whole module shares one app. Untrained weights give
+arbitrary labels: these tests check that the service answers what the same export answers locally
+(`Student.load(...).predict`), shapes, validation, status codes, health and routing, not accuracy.
+The svamp and cqa students are causal (tiny GPT-2): untrained, they still write text, where the
+untrained tiny T5 (esnli) stops at once; so served and local answers are compared on real text.
 """
 from __future__ import annotations
 
 import json
 import socket
+import time
 
 import pytest
 import requests
 
+from sbs.datasets import get_dataset
+from sbs.predict import Student
 from sbs.serve.config import ServeConfig
 from sbs.serve.sample_models import make_export
 
@@ -27,16 +33,34 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+STUDENTS = [("esnli", "multitask", "tiny-t5"), ("svamp", "standard", "tiny-gpt2"), ("cqa", "single_task", "tiny-gpt2")]
+
+
 @pytest.fixture(scope="module")
-def url(ray_local, tmp_path_factory):
+def exports(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("students")
+    return {d: make_export(root / d, d, m, kind=k, max_input_length=MAX_INPUT) for d, m, k in STUDENTS}
+
+
+@pytest.fixture(scope="module")
+def local(exports):
+    """The same exports in this process: what the service must answer."""
+    students = {d: Student.load(p) for d, p in exports.items()}
+
+    def answer(dataset: str, record, explain: bool = False):
+        text = record if isinstance(record, str) else get_dataset(dataset).format_input(record)
+        p = students[dataset].predict([text], explain=explain and students[dataset].meta.can_explain, batch_size=1)[0]
+        return {"label": p.label, "rationale": p.rationale}
+    return answer
+
+
+@pytest.fixture(scope="module")
+def url(ray_local, exports):
     from ray import serve
 
     from sbs.serve.cli import deploy
 
-    root = tmp_path_factory.mktemp("students")
-    students = [("esnli", "multitask"), ("svamp", "standard"), ("cqa", "single_task")]
-    specs = [{"dataset": d, "export_dir": str(make_export(root / d, d, m, max_input_length=MAX_INPUT))}
-             for d, m in students]
+    specs = [{"dataset": d, "export_dir": str(p)} for d, p in exports.items()]
     cfg = ServeConfig(port=_free_port(), students=specs, max_items_per_request=MAX_ITEMS,
                       batching={"max_batch_size": MAX_ITEMS, "batch_wait_timeout_s": 0.05},
                       ray_actor_options={"num_cpus": 0.5}, ingress={"num_cpus": 0.1})
@@ -57,17 +81,20 @@ def post(url: str, body, **kw) -> requests.Response:
 
 @pytest.mark.parametrize("dataset,record,method", [
     ("esnli", NLI, "multitask"), ("svamp", SVAMP, "standard"), ("cqa", CQA, "single_task")])
-def test_dataset_fields_single_and_list(url, dataset, record, method):
+def test_dataset_fields_single_and_list(url, local, dataset, record, method):
     r = post(url, {"dataset": dataset, "input": record})
     assert r.status_code == 200, r.text
     body = r.json()
     assert (body["dataset"], body["method"], body["model"]) == (dataset, method, f"{dataset}-{method}")
-    assert len(body["predictions"]) == 1 and isinstance(body["predictions"][0]["label"], str)
-    assert body["predictions"][0]["rationale"] is None  # label-only unless explain is asked
+    want = local(dataset, record)
+    assert want["rationale"] is None  # label-only unless explain is asked
+    assert [{k: p[k] for k in want} for p in body["predictions"]] == [want]
+    if dataset != "esnli":
+        assert want["label"], "a causal student writes a label even untrained: something to compare"
 
     r = post(url, {"dataset": dataset, "inputs": [record] * 3})
     assert r.status_code == 200, r.text
-    assert len(r.json()["predictions"]) == 3
+    assert [p["label"] for p in r.json()["predictions"]] == [want["label"]] * 3
 
 
 def test_raw_student_input_text(url):
@@ -92,20 +119,24 @@ def test_list_is_batched_in_the_replica(url):
 # --- explain -------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("dataset,record", [("esnli", NLI), ("cqa", CQA)])
-def test_explain_returns_a_rationale_when_trained_for_it(url, dataset, record):
+def test_explain_returns_a_rationale_when_trained_for_it(url, local, dataset, record):
     r = post(url, {"dataset": dataset, "inputs": [record, record], "explain": True})
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["explain_unavailable"] is None
-    assert all(isinstance(p["rationale"], str) for p in body["predictions"])
+    want = local(dataset, record, explain=True)
+    assert want["rationale"] is not None and (dataset == "esnli" or want["rationale"])
+    assert [{k: p[k] for k in want} for p in body["predictions"]] == [want, want]
 
 
-def test_explain_on_a_standard_student_says_it_cannot(url):
+def test_explain_on_a_standard_student_says_it_cannot(url, local):
     r = post(url, {"dataset": "svamp", "input": SVAMP, "explain": True})
     assert r.status_code == 200, r.text
     body = r.json()
     assert "cannot explain" in body["explain_unavailable"] and "'standard'" in body["explain_unavailable"]
-    assert body["predictions"][0]["rationale"] is None and isinstance(body["predictions"][0]["label"], str)
+    want = local("svamp", SVAMP)
+    assert want["label"] and body["predictions"][0]["label"] == want["label"]  # the label is unaffected
+    assert body["predictions"][0]["rationale"] is None
 
 
 # --- health, model info, several students -----------------------------------------------------
@@ -114,6 +145,29 @@ def test_healthz(url):
     r = requests.get(url + "/healthz", timeout=30)
     assert r.status_code == 200 and r.json()["status"] == "ok" and r.json()["failing"] == []
     assert r.json()["students"] == ["cqa", "esnli", "svamp"]
+
+
+def test_healthz_is_503_while_a_student_has_no_running_replica(url, local):
+    """The svamp student's only replica crashes (killed): until Serve has replaced it, /healthz answers
+    503 naming that student and no other; then 200 again, and the new replica answers as before."""
+    import ray
+
+    (name,) = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if "#student-svamp#" in a["name"]]
+    ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
+    down, deadline = None, time.time() + 150
+    while True:
+        r = requests.get(url + "/healthz", timeout=30)
+        if r.status_code == 503 and down is None:
+            down = r.json()
+        if down is not None and r.status_code == 200:
+            break
+        assert time.time() < deadline, f"no 503 then 200 within 150 s: last {r.status_code} {r.text[:200]}, 503 seen: {down}"
+        time.sleep(0.2)
+    assert down["status"] == "unhealthy" and down["students"] == ["cqa", "esnli", "svamp"]
+    (why,) = down["failing"]
+    assert why.startswith("svamp: ") and why.endswith(", no running replica"), why
+    r = post(url, {"dataset": "svamp", "input": SVAMP})
+    assert r.status_code == 200 and r.json()["predictions"][0]["label"] == local("svamp", SVAMP)["label"]
 
 
 def test_model_info(url):

@@ -21,9 +21,58 @@ def _is_ray_serve_file(data: dict) -> bool:
     return "applications" in data
 
 
-def test_configs_exist():
-    kinds = [_is_ray_serve_file(yaml.safe_load(p.read_text())) for p in SERVE_YAMLS]
-    assert any(kinds) and not all(kinds), SERVE_YAMLS
+def _load(name: str) -> ServeConfig:
+    return load_config(ServeConfig, ROOT / "configs" / "serve" / name)
+
+
+def test_students_yaml_serves_what_the_multitask_configs_export():
+    """configs/serve/students.yaml: one student per dataset, each export_dir where `sbs train --config
+    configs/student/<dataset>_multitask.yaml` exports (its comment says so); CPU, loopback, float32."""
+    from sbs.student.config import load_train_config
+
+    cfg = _load("students.yaml")
+    assert [s.dataset for s in cfg.students] == ["esnli", "anli1", "cqa", "svamp"]
+    for s in cfg.students:
+        train = load_train_config(str(ROOT / "configs" / "student" / f"{s.dataset}_multitask.yaml"))
+        assert s.export_dir == train.export_dir(), f"{s.dataset}: serves {s.export_dir}, training exports elsewhere"
+    assert (cfg.host, cfg.port, cfg.device, cfg.torch_dtype_name(), cfg.num_replicas) == \
+        ("127.0.0.1", 8000, "cpu", "float32", 1)
+    assert cfg.ray_actor_options.num_cpus == 1 and cfg.ongoing_requests() == 32
+
+
+def test_gpu_yaml_is_students_yaml_on_autoscaled_bf16_gpu_replicas():
+    cpu, gpu = _load("students.yaml"), _load("gpu.yaml")
+    assert gpu.students == cpu.students  # include: students.yaml
+    assert (gpu.device, gpu.torch_dtype_name(), gpu.ray_actor_options.num_gpus) == ("cuda", "bfloat16", 0.5)
+    assert gpu.num_replicas is None and gpu.autoscaling_config.model_dump() == \
+        {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 32, "upscale_delay_s": 30.0,
+         "downscale_delay_s": 600.0}
+    assert gpu.batching.max_batch_size == 64 and gpu.ongoing_requests() == 128
+
+
+def test_sample_yaml_serves_what_its_first_command_writes(tmp_path: Path):
+    """`python -m sbs.serve.sample_models runs/serve_sample` (sample.yaml's first line) writes the
+    students sample.yaml names, and the builder accepts them: each export is for its dataset."""
+    from sbs.serve.app import check_students
+    from sbs.serve.sample_models import main as sample_main
+
+    assert sample_main([str(tmp_path / "runs" / "serve_sample")]) == 0
+    cfg = _load("sample.yaml").resolve_paths(tmp_path)  # relative paths: from where the command ran
+    assert [s.dataset for s in cfg.students] == ["esnli", "svamp"]
+    check_students(cfg)
+    from sbs.export import ExportMeta
+
+    assert [ExportMeta.read(s.export_dir).method for s in cfg.students] == ["multitask", "standard"]
+    assert cfg.ray_actor_options.num_cpus == 0.5  # two students fit a 2-core laptop
+
+
+@pytest.mark.parametrize("name,sbs_file", [("serve_sample.yaml", "sample.yaml"), ("serve_students.yaml", "students.yaml")])
+def test_ray_serve_files_deploy_the_sbs_config_they_name(name: str, sbs_file: str, monkeypatch):
+    data = yaml.safe_load((ROOT / "configs" / "serve" / name).read_text())
+    (app,) = data["applications"]
+    monkeypatch.chdir(ROOT)
+    assert app["args"]["config"] == f"configs/serve/{sbs_file}"
+    assert config_from_args(app["args"]) == _load(sbs_file)  # nothing added on the way
 
 
 @pytest.mark.parametrize("path", SERVE_YAMLS, ids=[p.name for p in SERVE_YAMLS])
@@ -63,7 +112,7 @@ def test_every_shipped_serve_yaml_validates(path: Path, monkeypatch):
 ])
 def test_config_errors_name_the_field(override, words):
     with pytest.raises(ConfigError) as e:
-        load_config(ServeConfig, None, [f"students=[{{dataset: esnli, export_dir: x}}]", override])
+        load_config(ServeConfig, None, ["students=[{dataset: esnli, export_dir: x}]", override])
     for w in words:
         assert w in str(e.value), str(e.value)
 
@@ -96,7 +145,8 @@ def test_cli_binds_loopback_unless_exposed():
 
 @pytest.fixture(scope="module")
 def export(tmp_path_factory) -> Path:
-    return make_export(tmp_path_factory.mktemp("export") / "esnli", "esnli", "multitask")
+    # max_label_length 16: every e-SNLI label (and its EOS) fits, so scores are over whole labels
+    return make_export(tmp_path_factory.mktemp("export") / "esnli", "esnli", "multitask", max_label_length=16)
 
 
 def test_builder_checks_students_before_deploying(export: Path, tmp_path: Path):
@@ -114,10 +164,31 @@ def test_builder_checks_students_before_deploying(export: Path, tmp_path: Path):
 def test_replica_model_on_cpu_is_float32(export: Path):
     import torch
 
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
     student = load_student(str(export), "cpu", ServeConfig(students=[STUDENT]).torch_dtype_name(), 1)
     assert student.model.dtype == torch.float32 and torch.get_num_threads() == 1
-    preds = student.predict(["Premise: a\nHypothesis: b"] * 3, explain=True, batch_size=3)
-    assert len(preds) == 3 and all(isinstance(p.rationale, str) for p in preds)
+    x = "Premise: a\nHypothesis: b"
+    preds = student.predict([x] * 3, explain=True, batch_size=3)
+    # the replica answers what plain transformers answers from the export's files (greedy, float32)
+    model, tok = AutoModelForSeq2SeqLM.from_pretrained(export).eval(), AutoTokenizer.from_pretrained(export)
+    m = student.meta
+    want = []
+    for prompt, n in ((m.label_input(x), m.max_label_length), (m.explain_input(x), m.max_rationale_length)):
+        with torch.no_grad():
+            out = model.generate(**tok([prompt], return_tensors="pt"), max_new_tokens=n, do_sample=False)
+        want.append(tok.decode(out[0], skip_special_tokens=True).strip())
+    assert [(p.label, p.rationale) for p in preds] == [tuple(want)] * 3
+    # an untrained student may stop at once (empty text): the label-space scores compare real numbers
+    labels = m.label_space
+    got = student.predict([x], candidates=[labels])[0]
+    enc = tok([m.label_input(x)], return_tensors="pt")
+    for c in labels:
+        target = torch.tensor([tok(c, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]])
+        with torch.no_grad():
+            logp = model(**enc, labels=target).logits.log_softmax(-1)[0].gather(-1, target[0, :, None]).sum()
+        assert got.scores[c] == pytest.approx(logp.item(), abs=1e-4), c
+    assert got.label == max(labels, key=got.scores.get)
 
 
 @pytest.mark.gpu
@@ -131,3 +202,11 @@ def test_replica_model_on_gpu_is_bf16(export: Path):
     assert student.model.dtype == torch.bfloat16 and student.model.device.type == "cuda"
     preds = student.predict(["Premise: a\nHypothesis: b"] * 4, explain=True, batch_size=4)
     assert len(preds) == 4 and all(isinstance(p.label, str) for p in preds)
+
+
+def test_builder_args_merge_into_the_file_section_by_section(tmp_path: Path):
+    """Inline builder args deep-merge over the YAML (one loader: sbs.config.load_config)."""
+    f = tmp_path / "s.yaml"
+    f.write_text(yaml.safe_dump({"students": [STUDENT], "batching": {"max_batch_size": 8, "batch_wait_timeout_s": 0.5}}))
+    cfg = config_from_args({"config": str(f), "batching": {"max_batch_size": 4}, "overrides": ["port=8123"]})
+    assert (cfg.batching.max_batch_size, cfg.batching.batch_wait_timeout_s, cfg.port) == (4, 0.5, 8123)

@@ -2,8 +2,9 @@
 
 - DeepSpeed ZeRO-2 through `sbs train` reduces the loss, exports a model that plain transformers,
   `sbs.predict.Student` and `sbs eval` all load; rerunning the same run name resumes it.
-- DDP with a worker killed mid-run (os._exit, once) resumes from its last checkpoint.
-- 1 vs 2 workers: the same global batch, accumulation derived.
+- DDP on 1 worker accumulates micro batches to the global batch.
+- ZeRO-3 with optimizer and parameter offload trains and resumes; a causal LoRA student exports
+  merged and resumes its curve. (A trainer node lost mid-run: tests/test_multinode.py.)
 """
 from __future__ import annotations
 
@@ -70,14 +71,27 @@ def test_export_loads_with_plain_transformers_and_student(zero2):
 
     export = zero2 / "export"
     assert (export / "model.safetensors").is_file()
-    model = AutoModelForSeq2SeqLM.from_pretrained(export)
+    model = AutoModelForSeq2SeqLM.from_pretrained(export).eval()
     tok = AutoTokenizer.from_pretrained(export)
-    enc = tok(["predict: Tom has 3 apples and buys 2 more. How many?"], return_tensors="pt")
-    with torch.no_grad():
-        out = model.generate(**enc, max_new_tokens=8)
-    assert out.shape[0] == 1 and isinstance(tok.decode(out[0], skip_special_tokens=True), str)
-    preds = Student.load(export).predict(["Tom has 3 apples and buys 2 more. How many?"], explain=True)
-    assert len(preds) == 1 and isinstance(preds[0].label, str) and preds[0].rationale is not None
+    x = "Tom has 3 apples and buys 2."  # with a task prefix, within data.max_input_length (48): no truncation
+    plain = {}
+    for task, prefix, n in (("label", "predict: ", 12), ("rationale", "explain: ", 24)):  # data.max_*_length
+        with torch.no_grad():
+            out = model.generate(**tok([prefix + x], return_tensors="pt"), max_new_tokens=n, do_sample=False)
+        plain[task] = tok.decode(out[0], skip_special_tokens=True).strip()
+    # sbs's inference path (eval, Serve) reads the export as plain transformers does: the same tokens
+    student = Student.load(export)
+    (pred,) = student.predict([x], explain=True)
+    assert (pred.label, pred.rationale) == (plain["label"], plain["rationale"])
+    # six steps may leave the text empty: the label task's log-likelihoods compare real numbers
+    cands = ["(3 + 2)", "(3 - 2)"]  # shorter than data.max_label_length (12): scored whole
+    (got,) = student.score_choices([x], [cands])
+    enc = tok(["predict: " + x], return_tensors="pt")
+    for c, g in zip(cands, got):
+        target = torch.tensor([tok(c, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]])
+        with torch.no_grad():
+            logp = model(**enc, labels=target).logits.log_softmax(-1)[0].gather(-1, target[0, :, None]).sum()
+        assert g == pytest.approx(logp.item(), abs=1e-4), c
 
 
 def test_sbs_eval_cli_writes_json(zero2, tmp_path):
@@ -104,33 +118,13 @@ def test_rerun_of_the_same_run_name_resumes(zero2, work):
     assert out.last_metrics["train_loss"] < before["train_loss"]
 
 
-@pytest.fixture(scope="module")
-def ddp_killed(ray_local, work):
-    """DDP, 2 workers; worker 1 exits hard after step 5 on the first attempt (checkpoints every 2)."""
-    marker = work / "killed.marker"
-    out = train(tiny(work, "ddp", "train.engine=ddp", "train.steps=6", "train.eval_every=2", "train.fail_at_step=5",
-                     f"train.fail_marker={marker}", "run.max_failures=1"))
-    return out, marker
-
-
-def test_ddp_worker_failure_resumes_from_last_checkpoint(ddp_killed):
-    out, marker = ddp_killed
-    assert marker.read_text().startswith("worker 1 exited at step 5")
-    m = out.last_metrics
-    # restarted from a checkpoint, not from 0: the step-4 one, unless a very loaded machine kept Ray's
-    # controller from registering it before the worker died (then the step-2 one)
-    assert m["resumed_from"] in (4, 2) and m["step"] == 6
-    assert m["train_loss"] < 0.7 * m["first_train_loss"]
-    assert (out.export_dir / "model.safetensors").is_file()
-
-
-def test_one_worker_has_the_same_global_batch(ddp_killed, work):
-    two, _ = ddp_killed
+def test_one_ddp_worker_accumulates_to_the_global_batch(ray_local, work):
+    """DDP, 1 worker, global batch 8 of micro batches 4: two accumulation steps per optimizer step.
+    (Worker and node failures: tests/test_multinode.py kills a trainer node under DDP.)"""
     one = train(tiny(work, "ddp1", "train.engine=ddp", "train.steps=2", "train.eval_every=2", "scale.num_workers=1"))
-    a, b = one.last_metrics, two.last_metrics
-    assert (a["num_workers"], a["accumulation"]) == (1, 2) and (b["num_workers"], b["accumulation"]) == (2, 1)
-    assert a["global_batch"] == b["global_batch"] == 8
-    assert a["examples_seen"] == 2 * 8 and b["examples_seen"] == 6 * 8
+    a = one.last_metrics
+    assert (a["num_workers"], a["accumulation"], a["global_batch"]) == (1, 2, 8)
+    assert a["examples_seen"] == 2 * 8 and a["step"] == 2
 
 
 def test_zero3_offload_optimizer_and_params_trains_and_resumes(ray_local, work):

@@ -183,7 +183,6 @@ def test_global_batch_is_invariant_to_worker_count():
     (["method.rationale_weight=-1"], "method.rationale_weight"),
     (["data.fraction=0"], "data.fraction"),
     (["train.enigne=ddp"], "train.enigne"),
-    (["train.fail_at_step=3"], "train.fail_marker"),
     (["scale.accelerator_type=A100"], "scale.accelerator_type"),
     (["train.offload=optimizer", "train.zero_stage=0"], "train.offload"),
     (["train.offload=optimizer+params", "train.zero_stage=2"], "train.offload"),
@@ -227,17 +226,78 @@ def test_sbs_train_cli_reports_config_errors_before_starting_ray(capsys):
     assert "steps: 7" in capsys.readouterr().out
 
 
-def test_causal_student_exports_and_predicts_label_only(tmp_path):
+def test_export_checkpoint_round_trips_a_causal_student(tmp_path):
+    """`export_checkpoint` turns a checkpoint's model/ into a self-contained export that plain
+    transformers and `Student` load, and that answers with the same tokens as the model before export."""
+    import json
+
+    from ray.train import Checkpoint
+    from transformers import AutoModelForCausalLM
+
     from sbs.predict import Student
+    from sbs.student.curves import read_metrics
+    from sbs.student.loop import MODEL_DIR, STATE_FILE
+    from sbs.student.trainer import export_checkpoint
 
     model, tok, kind = build_student(ModelConfig(name="tiny-gpt2"))
-    model.save_pretrained(tmp_path, safe_serialization=True)
-    tok.save_pretrained(tmp_path)
-    meta("standard", kind).write(tmp_path)
-    preds = Student.load(tmp_path).predict(["Tom has 3 apples.", "Ann had 10 pens, lost 4."], batch_size=2)
-    assert len(preds) == 2 and all(isinstance(p.label, str) and p.rationale is None for p in preds)
+    m = meta("standard", kind)
+    xs = [r["input"] for r in ROWS]
+    nli = [["entailment", "neutral", "contradiction"]] * 2
+    before = Student(model, tok, m)
+    want, want_choices = before.predict(xs, batch_size=2), before.predict(xs, batch_size=2, candidates=nli)
+    ckpt = tmp_path / "checkpoint_step0000004"  # what save_checkpoint writes: model/ + the train state
+    model.save_pretrained(ckpt / MODEL_DIR, safe_serialization=True)
+    tok.save_pretrained(ckpt / MODEL_DIR)
+    m.write(ckpt / MODEL_DIR)
+    history = [{"step": s, "loss": 1.0 / s} for s in (1, 2, 3, 4)] + [{"step": 4, "val_accuracy": 0.5}]
+    (ckpt / STATE_FILE).write_text(json.dumps({"step": 4, "history": history}))
+    out = export_checkpoint(Checkpoint.from_directory(str(ckpt)), {"step": 4, "val_accuracy": 0.5, "config": {"a": 1}},
+                            tmp_path / "export", {"global_batch": 8})
+
+    after = Student.load(out)
+    # scalar metrics of the chosen step + the step the checkpoint holds + extras; nested values dropped
+    assert after.meta.metrics == {"step": 4, "val_accuracy": 0.5, "checkpoint_step": 4, "global_batch": 8}
+    assert read_metrics(out / "train_metrics.jsonl") == history
+    got = after.predict(xs, batch_size=2)
+    assert all(p.raw for p in want)  # something to compare (scores below compare continuous values)
+    assert [(p.label, p.raw) for p in got] == [(p.label, p.raw) for p in want]
+    assert all(p.rationale is None for p in got)  # label-only unless asked
     # label-only: at most max_label_length new tokens were generated, none of the prompt echoed back
-    assert all(len(tok(p.raw, add_special_tokens=False)["input_ids"]) <= 16 for p in preds)
+    assert all(len(tok(p.raw, add_special_tokens=False)["input_ids"]) <= m.max_label_length for p in got)
+    for g, w, cs in zip(after.predict(xs, batch_size=2, candidates=nli), want_choices, nli):
+        assert g.label in cs and g.label == max(g.scores, key=g.scores.get) == w.label
+        assert g.scores == pytest.approx(w.scores, abs=1e-5)
+    # plain transformers reads the same weights: identical greedy tokens on the student's own prompt
+    plain = AutoModelForCausalLM.from_pretrained(out).eval()
+    enc = before._causal_prompts(xs, m.causal_separator)
+    with torch.no_grad():
+        a = model.generate(**enc, max_new_tokens=m.max_label_length, do_sample=False)
+        b = plain.generate(**enc, max_new_tokens=m.max_label_length, do_sample=False)
+    assert torch.equal(a, b)
+
+
+def test_pick_best_takes_the_highest_accuracy_and_the_later_step_on_a_tie(tmp_path):
+    """Ties in val_accuracy pick the later checkpoint (more training at the same accuracy), whatever
+    order Ray lists the kept checkpoints in; a checkpoint without a score never wins."""
+    from ray.train import Checkpoint, Result
+
+    from sbs.student.trainer import pick_best
+
+    def kept(*pairs):
+        out = []
+        for step, acc in pairs:
+            d = tmp_path / f"checkpoint_step{step:07d}"
+            d.mkdir(exist_ok=True)
+            out.append((Checkpoint.from_directory(str(d)), {"step": step, **({} if acc is None else {"val_accuracy": acc})}))
+        return Result(metrics=None, checkpoint=None, error=None, path=str(tmp_path), best_checkpoints=out)
+
+    tied = [(2, 0.5), (6, 0.25), (4, 0.5), (8, None)]
+    for order in (tied, tied[::-1]):
+        ckpt, best = pick_best(kept(*order))
+        assert best == {"step": 4, "val_accuracy": 0.5} and ckpt.path.endswith("checkpoint_step0000004")
+    assert pick_best(kept((9, 0.25), (3, 0.75)))[1]["step"] == 3  # accuracy first, step only breaks ties
+    with pytest.raises(RuntimeError, match=f"no checkpoint.*{tmp_path}"):
+        pick_best(kept())
 
 
 def test_hub_source_reads_the_full_dataset_with_the_teachers_ids(tmp_path):
@@ -266,7 +326,7 @@ def test_hub_source_reads_the_full_dataset_with_the_teachers_ids(tmp_path):
 def test_sbs_eval_refuses_cuda_without_a_gpu(tmp_path, capsys):
     import argparse
 
-    from sbs.student import cli_eval
+    from sbs.student.cli import eval as cli_eval
 
     p = argparse.ArgumentParser()
     cli_eval.add_arguments(p)

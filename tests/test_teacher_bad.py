@@ -6,7 +6,6 @@ import sys
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import ray.cloudpickle
 from ray.cloudpickle import register_pickle_by_value
 
 from sbs.config import load_config
@@ -48,7 +47,6 @@ register_pickle_by_value(sys.modules[__name__])  # the Ray workers cannot import
 
 
 def test_bad_outputs_and_a_dying_actor_are_all_accounted_for(ray_local, tmp_path):
-    assert ray.cloudpickle
     src = tmp_path / "bad.parquet"
     pq.write_table(pa.Table.from_pylist([{"id": i, "problem": f"Problem {i}: 5 plus 3?", "label": "( 5.0 + 3.0 )",
                                           "teacher": t} for i, t, _ in CASES]), src)

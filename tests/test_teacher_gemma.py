@@ -47,6 +47,7 @@ def test_gguf_assembled_once_checked_and_atomic(tmp_path):
                     "SBS_GEMMA_CONVERT=1")
 def test_gemma_live_teacher_on_svamp(tmp_path, ray_local):
     from sbs.config import load_config
+    from sbs.datasets import get_dataset
     from sbs.teacher.config import TeacherConfig
     from sbs.teacher.pipeline import execute
 
@@ -56,10 +57,22 @@ def test_gemma_live_teacher_on_svamp(tmp_path, ray_local):
                        "progress=false"])
     stats = execute(cfg)
     assert stats["examples_in"] == 2 == stats["accepted"] + stats["rejected"]
-    assert stats["teacher"] == "hf/gemma-3-270m" and stats["tokens_out"] > 0 and stats["sample_errors"] == 0
+    assert stats["teacher_model"] == "hf/gemma-3-270m" and stats["tokens_out"] > 0 and stats["sample_errors"] == 0
     rows = pq.read_table(tmp_path / "out" / "accepted").to_pylist() + \
         pq.read_table(tmp_path / "out" / "rejects").to_pylist()
     assert sorted(r["id"] for r in rows) == ["svamp-train-00000", "svamp-train-00001"]
     asked = [r for r in rows if r["id"] == "svamp-train-00001"][0]
-    # Accepted or not, the model wrote real text (a rejected row keeps it in `raw`).
-    assert (asked.get("rationale") or asked.get("raw") or "").strip()
+    # The model's text round-trips through the SVAMP parser: an accepted row's label is the gold value
+    # (the gold filter is on), a rejected row's raw text parses to the reason it was rejected with.
+    ds = get_dataset("svamp")
+    ex = ds.load("train", limit=2)[1]
+    if "reason" not in asked:
+        assert asked["rationale"].strip() and ds.score(asked["label"], ex)
+        assert asked["teacher_model"] == stats["teacher_model"]
+    else:
+        res = ds.parse(asked["raw"], ex)
+        assert asked["raw"].strip() and asked["reason"] != "exemplar", asked
+        if asked["reason"] == "gold_mismatch":
+            assert res.ok and not ds.score(res.label, ex), (asked, res)
+        else:
+            assert not res.ok and res.reason == asked["reason"], (asked, res)

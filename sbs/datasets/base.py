@@ -129,6 +129,11 @@ class TaskDataset:
     def _from_hub(self, row: dict[str, Any], split: str, index: int) -> Example | None:
         raise NotImplementedError
 
+    def shipped_row(self, paper: dict[str, Any], split: str, index: int) -> dict[str, Any]:
+        """The shipped Parquet row (what `_from_shipped` reads back) for one row of the paper's
+        released JSON files; scripts/build_data.py adds the recorded `teacher` column."""
+        raise NotImplementedError
+
     def _parse_cut(self, text: str, example: Example | None) -> ParseResult:
         raise NotImplementedError
 
@@ -247,18 +252,6 @@ class TaskDataset:
         except Exception:
             return False
         return canon is not None and canon == self.normalize_label(example.label, example)
-
-    def accuracy(self, preds: list[str], examples: list[Example]) -> float:
-        if len(preds) != len(examples):
-            raise ValueError(f"{len(preds)} predictions for {len(examples)} examples")
-        if not examples:
-            return 0.0
-        return sum(self.score(p, e) for p, e in zip(preds, examples)) / len(examples)
-
-    def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "title": self.title, "label_space": list(self.label_space) if self.label_space
-                else None, "input_fields": list(self.input_fields), "shipped_splits": list(self.shipped_splits),
-                "licence": self.licence}
 
 
 def split_answer(text: str, pattern: re.Pattern[str]) -> tuple[str, str] | None:

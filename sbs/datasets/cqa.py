@@ -63,6 +63,10 @@ class Cqa(TaskDataset):
         f = {"question": row["question"], "choices": list(row["choices"])}
         return Example(row["id"], self.student_input(f), row["answer"], f, row.get("teacher"))
 
+    def shipped_row(self, paper: dict[str, Any], split: str, index: int) -> dict[str, Any]:
+        return {"id": paper["id"], "question": paper["question"], "choices": list(paper["choices"]),
+                "answer": paper["answer"], "abstractive_explanation": paper.get("abstractive_explanation") or ""}
+
     def _from_hub(self, row: dict[str, Any], split: str, index: int) -> Example:
         f = {"question": row["question"], "choices": list(row["choices"])}
         return Example(str(row["id"]), self.student_input(f), str(row["answer"]), f)

@@ -24,5 +24,9 @@ class Esnli(NliDataset):
     answer_marker = "'Answer:' line"
     licence = "MIT"
 
+    def shipped_row(self, paper: dict[str, Any], split: str, index: int) -> dict[str, Any]:
+        return {"id": f"esnli-{split}-{index:05d}", "premise": paper["premise"], "hypothesis": paper["hypothesis"],
+                "label": int(paper["label"]), "explanation_1": paper.get("explanation_1") or ""}
+
     def _from_hub(self, row: dict[str, Any], split: str, index: int) -> Example | None:
         return self._example(f"esnli-{split}-{index:05d}", row["premise"], row["hypothesis"], int(row["label"]), None)

@@ -8,8 +8,11 @@
     answer_type: label            # label | number | text
     label_space: [billing, bug, other]
 
-`sbs ... --dataset my_task.yaml` then works like a built-in dataset. The teacher is asked to end
-with `So the answer is <label>.` (the `answer_marker`), which is what the parser reads.
+`sbs ... --dataset my_task.yaml` then works like a built-in dataset, and shows as its `name` in
+reports and outputs. The teacher is asked to end with `So the answer is <label>.` (the
+`answer_marker`), which is what the parser reads. For `prompt.mode=fewshot`, `prompt_file` names a
+prompt file in the format of `sbs/datasets/prompts/*.yaml` (query template, answer format,
+exemplars whose ids are this dataset's ids); without one the teacher runs zero-shot only.
 """
 from __future__ import annotations
 
@@ -21,8 +24,8 @@ from typing import Any, Literal
 import pyarrow.parquet as pq
 from pydantic import Field, model_validator
 
-from sbs.arith import numbers_equal, try_evaluate
-from sbs.config import Config, load_config
+from sbs.arith import same_value, try_evaluate
+from sbs.config import Config, ConfigError, load_config
 from sbs.datasets.base import (BAD_EQUATION, NO_ANSWER, OUT_OF_SPACE, Example, Parsed, ParseResult, Rejected,
                                SplitUnavailable, TaskDataset, normalize_text, split_answer)
 
@@ -37,6 +40,8 @@ class GenericDatasetConfig(Config):
     label_space: list[str] | None = Field(None, description="allowed labels (required for answer_type=label)")
     answer_marker: str = Field("So the answer is", min_length=1)
     teacher_column: str | None = Field(None, description="optional column with recorded teacher outputs")
+    prompt_file: str | None = Field(None, description="few-shot teacher prompt (the format of "
+                                    "sbs/datasets/prompts/*.yaml), relative to the YAML; none: zero-shot only")
 
     @model_validator(mode="after")
     def _check(self) -> "GenericDatasetConfig":
@@ -81,7 +86,19 @@ class GenericDataset(TaskDataset):
     @classmethod
     def from_yaml(cls, path: str | Path) -> "GenericDataset":
         cfg = load_config(GenericDatasetConfig, path)
-        return cls(cfg, Path(path).resolve().parent)
+        ds = cls(cfg, Path(path).resolve().parent)
+        if ds.prompt_path and not ds.prompt_path.is_file():
+            raise ConfigError(f"{path}: prompt_file: {ds.prompt_path} not found")
+        return ds
+
+    def _path(self, name: str) -> Path:
+        p = Path(name)
+        return p if p.is_absolute() else self.root / p
+
+    @property
+    def prompt_path(self) -> Path | None:
+        """The dataset's own few-shot prompt file (`prompt_file`), or None."""
+        return self._path(self.cfg.prompt_file) if self.cfg.prompt_file else None
 
     def student_input(self, fields: dict[str, Any]) -> str:
         cols = self.cfg.input_columns
@@ -95,8 +112,7 @@ class GenericDataset(TaskDataset):
     def load(self, split: str, source: str = "shipped", limit: int | None = None, **_: Any) -> list[Example]:
         if split not in self.cfg.files:
             raise SplitUnavailable(f"{self.name}: split {split!r} not in files; configured: {list(self.cfg.files)}")
-        path = Path(self.cfg.files[split])
-        path = path if path.is_absolute() else self.root / path
+        path = self._path(self.cfg.files[split])
         out = []
         for i, row in enumerate(_read_rows(path)):
             if limit is not None and len(out) >= limit:
@@ -139,8 +155,5 @@ class GenericDataset(TaskDataset):
 
     def score(self, pred: Any, example: Example) -> bool:
         if self.cfg.answer_type == "number":
-            if not isinstance(pred, str):
-                return False
-            p, g = try_evaluate(pred), try_evaluate(example.label)
-            return p is not None and g is not None and numbers_equal(p, g)
+            return same_value(pred, example.label)
         return super().score(pred, example)

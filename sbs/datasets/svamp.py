@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from sbs.arith import numbers_equal, try_evaluate
+from sbs.arith import same_value, try_evaluate
 from sbs.datasets.base import BAD_EQUATION, NO_ANSWER, Example, Parsed, ParseResult, Rejected, TaskDataset, split_answer
 
 _ANSWER = re.compile(r"[Tt]he answer is[:\s]*(?P<ans>.+?)\s*\.?\s*$", re.S)
@@ -33,6 +33,9 @@ class Svamp(TaskDataset):
         f = {"problem": row["problem"]}
         return Example(row["id"], self.student_input(f), row["label"], f, row.get("teacher"))
 
+    def shipped_row(self, paper: dict[str, Any], split: str, index: int) -> dict[str, Any]:
+        return {"id": f"svamp-{split}-{index:05d}", "problem": paper["input"], "label": paper["label"]}
+
     def _from_hub(self, row: dict[str, Any], split: str, index: int) -> Example:
         body, q = str(row["Body"]).strip(), str(row["Question"]).strip()
         f = {"problem": f"{body}\n{q}" if body else q}
@@ -53,7 +56,4 @@ class Svamp(TaskDataset):
         return None if v is None else repr(v)
 
     def score(self, pred: Any, example: Example) -> bool:
-        if not isinstance(pred, str):
-            return False
-        p, g = try_evaluate(pred), try_evaluate(example.label)
-        return p is not None and g is not None and numbers_equal(p, g)
+        return same_value(pred, example.label)

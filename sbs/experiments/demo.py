@@ -233,7 +233,7 @@ def _quiet(log: Path, verbose: bool):
 def run(args: argparse.Namespace) -> int:
     import ray
 
-    from sbs.ray_local import init_local
+    from sbs.ray_local import connect
 
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -245,7 +245,7 @@ def run(args: argparse.Namespace) -> int:
         f"logs in {log if not args.verbose else 'this terminal'}")
     steps = Steps(7 - (args.gemma_examples == 0) - args.skip_serve)
     with _quiet(log, args.verbose):
-        init_local()
+        connect()
         try:
             steps.run("teacher report: parse the recorded PaLM 540B outputs", lambda: step_teacher_report(out))
             steps.run("rationales: recorded PaLM teacher through the Ray Data pipeline", lambda: step_replay(out))

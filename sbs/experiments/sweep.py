@@ -22,6 +22,7 @@ from typing import Any
 from sbs.config import load_config
 from sbs.experiments import results
 from sbs.experiments.sweep_config import SweepConfig, SweepDataset
+from sbs.ray_local import connect
 
 
 def cell_name(dataset: str, method: str, fraction: float, seed: int) -> str:
@@ -141,8 +142,7 @@ def run_sweep(cfg: SweepConfig, max_cells: int | None = None) -> dict[str, Any]:
     for c in todo:
         load_train_config(cfg.student_config, student_overrides(cfg, c["dataset"], c["method"], c["fraction"],
                                                                 c["seed"], c["cell"]))
-    if not ray.is_initialized():
-        ray.init()
+    connect()
     # The cell task itself holds no CPU: its Ray Train workers do, so Ray runs as many cells at
     # once as their workers fit, capped by parallel_cells.
     task = ray.remote(num_cpus=0, max_retries=0)(run_cell)

@@ -13,19 +13,21 @@ multiplexing: docs/serving.md.
 # No `from __future__ import annotations`: FastAPI must see real types on the ingress methods
 # (with string annotations under @serve.ingress the request body is taken for a query param).
 import asyncio
+import functools
 import hashlib
 import re
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray import serve
+from ray.exceptions import RayActorError
 from ray.serve.handle import DeploymentHandle
 
-from sbs.config import ConfigError, apply_overrides, build, read_yaml
+from sbs.config import ConfigError, load_config
 from sbs.datasets import InputError, get_dataset
 from sbs.datasets.base import text_problem
 from sbs.export import META_FILE, ExportMeta
@@ -213,12 +215,20 @@ class Ingress:
         # batch is healthy but would not answer a ping until the batch ends.
         app = (await asyncio.to_thread(serve.status)).applications.get(serve.get_replica_context().app_name)
         deps = app.deployments if app else {}
-        bad = []
+        bad, idle = [], []
         for ds in sorted(self.gates):
             d = deps.get(_deployment_name(ds))
+            status = getattr(d.status, "value", d.status) if d else "not deployed"
+            if d is not None and not d.replica_states.get("RUNNING", 0):
+                # Scaled to zero on purpose (autoscaling min_replicas: 0): healthy, and the next
+                # request starts a replica. Anything else without a running replica is an outage.
+                if status == "HEALTHY" and not any(d.replica_states.values()):
+                    idle.append(ds)
+                    continue
             if d is None or not d.replica_states.get("RUNNING", 0):
-                bad.append(f"{ds}: {getattr(d.status, 'value', d.status) if d else 'not deployed'}, no running replica")
-        body = {"status": "ok" if not bad else "unhealthy", "students": sorted(self.gates), "failing": bad}
+                bad.append(f"{ds}: {status}, no running replica")
+        body = {"status": "ok" if not bad else "unhealthy", "students": sorted(self.gates), "failing": bad,
+                **({"scaled_to_zero": idle} if idle else {})}
         return JSONResponse(body, status_code=200 if not bad else 503)
 
     @api.get("/v1/model")
@@ -232,6 +242,29 @@ class Ingress:
     async def stats(self) -> dict[str, Any]:
         """Batch sizes seen by one replica of each student (the load benchmark reads this)."""
         return {ds: await h.stats.remote() for ds, h in self.handles.items()}
+
+    async def _answers(self, dataset: str, calls: list[Callable[[], Any]]) -> list[Any]:
+        """The replicas' answers, or a 503 with the reason: none within request_timeout_s (no replica
+        running, e.g. its node is gone, or all overloaded), or the replica was lost twice. Serve
+        would otherwise queue a request for a replica that may never come back."""
+        timeout = self.cfg.request_timeout_s
+
+        async def once_more_if_lost(call: Callable[[], Any]) -> Any:
+            try:
+                return await call()
+            except RayActorError:
+                # Its replica died or is unreachable (e.g. its node is gone). A prediction has no
+                # side effects, so ask again: Serve routes the retry to a replica that is alive.
+                return await call()
+
+        try:
+            return await asyncio.wait_for(asyncio.gather(*map(once_more_if_lost, calls)), timeout=timeout)
+        except asyncio.TimeoutError:  # wait_for cancelled the pending calls, and Serve their requests
+            raise ClientError(503, f"no replica of student {dataset!r} answered within {timeout:g} s "
+                              "(request_timeout_s): none is running or all are busy; retry later", "dataset") from None
+        except RayActorError as e:  # includes ActorDiedError / ActorUnavailableError
+            raise ClientError(503, f"the replica of student {dataset!r} answering this request was lost, "
+                              f"twice ({type(e).__name__}); retry", "dataset") from None
 
     @api.post("/v1/predict")
     async def predict(self, req: PredictRequest) -> PredictResponse:
@@ -252,10 +285,11 @@ class Ingress:
                 cands.append(gate.candidates(field, ex))
         handle = self.handles[dataset]
         if choices:
-            preds = await asyncio.gather(*[handle.choose.remote((t, c)) for t, c in zip(texts, cands)])
+            calls = [functools.partial(handle.choose.remote, (t, c)) for t, c in zip(texts, cands)]
         else:
             call = handle.explain if explain else handle.label
-            preds = await asyncio.gather(*[call.remote(t) for t in texts])
+            calls = [functools.partial(call.remote, t) for t in texts]
+        preds = await self._answers(dataset, calls)
         note = None
         if req.explain and not explain:
             note = (f"student {gate.name!r} was trained with method {gate.meta.method!r}, which has no rationale "
@@ -274,9 +308,7 @@ def config_from_args(args: dict[str, Any] | None) -> ServeConfig:
     overrides = args.pop("overrides", None) or []
     if isinstance(overrides, str):
         overrides = [overrides]
-    data = read_yaml(path) if path else {}
-    data.update(args)
-    return build(ServeConfig, apply_overrides(data, list(overrides)), source=str(path) if path else "serve args")
+    return load_config(ServeConfig, path, list(overrides), inline=args)
 
 
 def check_students(cfg: ServeConfig) -> None:
@@ -298,7 +330,8 @@ def app_from_config(cfg: ServeConfig, base_dir: str | Path = ".") -> serve.Appli
     check_students(cfg)
     acts = cfg.ray_actor_options
     opts: dict[str, Any] = {"max_ongoing_requests": cfg.ongoing_requests(),
-                            "ray_actor_options": {"num_cpus": acts.num_cpus, "num_gpus": acts.num_gpus}}
+                            "ray_actor_options": {"num_cpus": acts.num_cpus, "num_gpus": acts.num_gpus,
+                                                  **({"resources": acts.resources} if acts.resources else {})}}
     if cfg.autoscaling_config is not None:
         opts["autoscaling_config"] = cfg.autoscaling_config.model_dump()
     else:
@@ -310,7 +343,8 @@ def app_from_config(cfg: ServeConfig, base_dir: str | Path = ".") -> serve.Appli
     # The ingress only validates and fans out; it must admit many concurrent requests, or it
     # (not the student's batch size) would cap how much the student can batch.
     ingress = Ingress.options(num_replicas=cfg.ingress.num_replicas, max_ongoing_requests=1000,
-                              ray_actor_options={"num_cpus": cfg.ingress.num_cpus})
+                              ray_actor_options={"num_cpus": cfg.ingress.num_cpus,
+                                                 **({"resources": cfg.ingress.resources} if cfg.ingress.resources else {})})
     return ingress.bind(cfg.model_dump(mode="json"), students)
 
 

@@ -43,7 +43,7 @@ def deploy(cfg: ServeConfig, ready_timeout: float = 300.0) -> str:
 
     from sbs.serve.app import app_from_config, wait_ready
 
-    serve.start(http_options={"host": cfg.host, "port": cfg.port})
+    serve.start(proxy_location=cfg.proxy_location, http_options={"host": cfg.host, "port": cfg.port})
     serve.run(app_from_config(cfg, base_dir=os.getcwd()), name=cfg.app_name, route_prefix=cfg.route_prefix,
               blocking=False)
     url = base_url(cfg)
@@ -57,14 +57,15 @@ def config_from_cli(args: argparse.Namespace) -> ServeConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    import ray
     from ray import serve
+
+    from sbs.ray_local import connect
 
     cfg = config_from_cli(args)
     if cfg.is_exposed:
         print(f"sbs serve: binding {cfg.host}: the service is reachable from other machines "
               "(no authentication)", file=sys.stderr)
-    ray.init(address=args.ray_address, ignore_reinit_error=True)
+    connect(address=args.ray_address)
     url = deploy(cfg, args.ready_timeout)
     students = [s.dataset for s in cfg.students]
     print(json.dumps({"url": url, "students": students, "predict": f"{url}/v1/predict"}))

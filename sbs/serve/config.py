@@ -36,6 +36,10 @@ class AutoscalingConfig(Config):
     max_replicas: int = Field(2, ge=1, le=1000, description="most replicas per student")
     target_ongoing_requests: float = Field(8.0, gt=0, le=10000,
                                            description="ongoing requests per replica that autoscaling aims at")
+    upscale_delay_s: float = Field(30.0, ge=0, le=3600, description="load must stay above target this long "
+                                   "before replicas are added (Serve's default 30 s)")
+    downscale_delay_s: float = Field(600.0, ge=0, le=86400, description="load must stay below target this long "
+                                     "before replicas are removed (Serve's default 600 s)")
 
     @model_validator(mode="after")
     def _order(self) -> "AutoscalingConfig":
@@ -47,10 +51,22 @@ class AutoscalingConfig(Config):
 class ActorOptions(Config):
     num_cpus: float = Field(1.0, ge=0, le=512, description="CPUs per student replica (also its torch threads)")
     num_gpus: float = Field(0.0, ge=0, le=16, description="GPUs per student replica (needs device: cuda)")
+    resources: dict[str, float] = Field(default_factory=dict, description="custom Ray resources per replica, "
+                                        "e.g. {serve: 1}: replicas land only on nodes that advertise them")
+
+    @model_validator(mode="after")
+    def _custom_only(self) -> "ActorOptions":
+        bad = [k for k, v in self.resources.items() if k in ("CPU", "GPU") or v <= 0]
+        if bad:
+            raise ValueError(f"ray_actor_options.resources: {bad}: custom resources only, each > 0 "
+                             "(use num_cpus / num_gpus)")
+        return self
 
 
 class IngressConfig(Config):
     num_replicas: int = Field(1, ge=1, le=100, description="replicas of the HTTP ingress (validation + routing)")
+    resources: dict[str, float] = Field(default_factory=dict, description="custom Ray resources per ingress "
+                                        "replica, e.g. {head: 1}: keep it off the nodes that may go away")
     num_cpus: float = Field(0.0, ge=0, le=64,
                             description="CPUs reserved per ingress replica (0: it only validates and routes, so it "
                             "never waits for CPUs the students hold)")
@@ -59,11 +75,16 @@ class IngressConfig(Config):
 class ServeConfig(Config):
     host: str = Field(LOOPBACK, description="HTTP bind address; 127.0.0.1 = this machine only, 0.0.0.0 = exposed")
     port: int = Field(8000, ge=1, le=65535, description="HTTP port")
+    proxy_location: Literal["HeadOnly", "EveryNode"] = Field(
+        "HeadOnly", description="where Serve runs HTTP proxies: HeadOnly (one entry point; also what several "
+        "nodes on one machine need, as they share one address) or EveryNode (behind a load balancer)")
     app_name: str = Field("sbs", min_length=1, description="Serve application name")
     route_prefix: str = Field("/", description="URL prefix of the application (starts with '/')")
     students: list[StudentSpec] = Field(..., min_length=1, description="one exported student per dataset")
     batching: BatchingConfig = Field(default_factory=BatchingConfig, description="dynamic batching (@serve.batch)")
     max_items_per_request: int = Field(64, ge=1, le=10000, description="most examples one POST may carry")
+    request_timeout_s: float = Field(60.0, gt=0, le=3600, description="a request no replica answered within "
+                                     "this long gets 503 (e.g. the student's node is gone) instead of waiting")
     max_ongoing_requests: int | None = Field(
         None, ge=1, le=100000,
         description="concurrent calls per student replica; default 2 x max_batch_size (Serve's default 5 caps a batch)")

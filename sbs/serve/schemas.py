@@ -15,7 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class ClientError(Exception):
-    """A request the client must fix; becomes a 4xx with `message` naming the field."""
+    """A request that cannot be answered as asked: a 4xx with `message` naming the field the client
+    must fix, or a 503 when the service cannot answer now (no replica answered in time)."""
 
     def __init__(self, status: int, message: str, field: str = ""):
         super().__init__(message)

@@ -35,6 +35,9 @@ class ModelConfig(Config):
                         "merges the adapter, so plain transformers loads it")
     lora_alpha: float = Field(32.0, gt=0, description="LoRA scaling numerator (scale = lora_alpha / lora_r)")
     lora_dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the LoRA input")
+    lora_layers: int = Field(0, ge=0, description="LoRA on the top N transformer layers only (0: every "
+                             "layer); the frozen layers below run forward only, so backward stops at the "
+                             "lowest adapted layer (causal students)")
     lora_targets: list[str] = Field(default_factory=lambda: ["all-linear"], min_length=1,
                                     description="module names LoRA adapts; 'all-linear': every linear layer but "
                                     "the LM head")
@@ -93,20 +96,24 @@ class TrainConfig(Config):
     eval_batch: int = Field(32, ge=1, description="generation batch for validation")
     log_every: int = Field(10, ge=1, description="print the training loss every N steps (rank 0)")
     seed: int = Field(0, description="seed of data order and dropout")
-    fail_at_step: int | None = Field(None, ge=1, description="testing only: worker rank 1 (or 0 alone) exits at "
-                                     "this step once, marked by fail_marker, to exercise FailureConfig")
-    fail_marker: str | None = Field(None, description="testing only: file created before the deliberate exit")
 
 
 class ScaleConfig(Config):
     num_workers: int = Field(1, ge=1, description="Ray Train workers")
     cpus_per_worker: int = Field(1, ge=1, description="CPUs per worker; also its torch thread count")
     use_gpu: bool = Field(False, description="one GPU per worker (NCCL backend)")
+    resources: dict[str, float] = Field(default_factory=dict, description="custom Ray resources each worker "
+                                        "also needs, e.g. {trainer: 1}: the workers land only on nodes that "
+                                        "advertise them (cluster/*.yaml node types; sbs local-cluster roles)")
     accelerator_type: str | None = Field(None, min_length=1, description="GPU type every worker must run on "
                                          "(Ray's accelerator_type, e.g. A100, H100); needs use_gpu")
 
     @model_validator(mode="after")
     def _accelerator_needs_gpu(self) -> "ScaleConfig":
+        bad = [k for k, v in self.resources.items() if k in ("CPU", "GPU") or v <= 0]
+        if bad:
+            raise ValueError(f"scale.resources: {bad}: custom resources only, each > 0 (CPU and GPU come from "
+                             "cpus_per_worker and use_gpu)")
         if self.accelerator_type and not self.use_gpu:
             raise ValueError(f"scale.accelerator_type={self.accelerator_type} needs scale.use_gpu=true (or drop it)")
         return self
@@ -147,8 +154,6 @@ class StudentTrainConfig(Config):
             raise ValueError(f"train.offload={t.offload} needs train.engine=deepspeed and train.zero_stage >= 1")
         if t.offload == "optimizer+params" and t.zero_stage != 3:
             raise ValueError("train.offload=optimizer+params (ZeRO-Infinity) needs train.zero_stage=3")
-        if self.train.fail_at_step is not None and not self.train.fail_marker:
-            raise ValueError("train.fail_marker: needed with train.fail_at_step (it makes the failure happen once)")
         if self.method.name != "standard" and not self.data.rationales:
             raise ValueError(f"data.rationales: method {self.method.name!r} needs a teacher output dir "
                              "(<dir>/accepted/*.parquet); only 'standard' trains without one")

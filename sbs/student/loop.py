@@ -16,7 +16,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -70,6 +70,13 @@ def trainable(model: Any) -> list[torch.nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
+def make_optimizer(cfg: StudentTrainConfig, model: Any) -> tuple[torch.optim.Optimizer, Any]:
+    """The torch AdamW + linear warm-up every non-offload run steps (also used outside Ray by
+    benchmarks/student_step.py and scripts/lr_probe.py, so they time and train the same step)."""
+    opt = torch.optim.AdamW(trainable(model), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    return opt, _scheduler(opt, cfg.train.warmup_steps)
+
+
 def setup_engine(cfg: StudentTrainConfig, model: Any, device: torch.device) -> tuple[Any, Any, Any, Any]:
     """(net to call forward on, the plain HF module, optimizer, scheduler) for the configured engine."""
     t = cfg.train
@@ -82,8 +89,7 @@ def setup_engine(cfg: StudentTrainConfig, model: Any, device: torch.device) -> t
             lr_scheduler=lambda o: _scheduler(o, t.warmup_steps))
         return engine, engine.module, opt, sched
     # Otherwise a torch optimizer on purpose: DeepSpeed's CPU Adam JIT-compiles for a minute or more on CPU.
-    opt = torch.optim.AdamW(trainable(model), lr=t.lr, weight_decay=t.weight_decay)
-    sched = _scheduler(opt, t.warmup_steps)
+    opt, sched = make_optimizer(cfg, model)
     if t.engine == "deepspeed":
         import deepspeed
 
@@ -185,21 +191,6 @@ def load_checkpoint(ckpt: Any, cfg: StudentTrainConfig, net: Any, module: Any, o
         return json.loads((d / STATE_FILE).read_text(encoding="utf-8"))
 
 
-def _maybe_fail(cfg: StudentTrainConfig, step: int, rank: int, world: int) -> None:
-    """Testing hook: one worker dies hard at `fail_at_step`, once (the marker file remembers)."""
-    t = cfg.train
-    if t.fail_at_step != step or rank != (1 if world > 1 else 0) or not t.fail_marker:
-        return
-    marker = Path(t.fail_marker)
-    if marker.exists():
-        return
-    marker.write_text(f"worker {rank} exited at step {step}\n")
-    # Ray Train's controller collects reports on its health-check poll (2 s by default): dying
-    # within one poll of the last report would lose that checkpoint, which a test must not hit.
-    time.sleep(2 * float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "2")) + 1)
-    os._exit(1)
-
-
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
@@ -237,13 +228,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     window: list[dict[str, float]] = []
     t0 = time.time()
     while state["step"] < cfg.train.steps:
-        parts = _optimizer_step(cfg, net, module, opt, sched, batches, collate, device, bf16)
+        parts = optimizer_step(cfg, net, module, opt, sched, batches, collate, device, bf16)
         window.append(parts)
         state["step"] += 1
         step = state["step"]
         state["history"].append({"step": step, **{k: round(v, 5) for k, v in parts.items()},
                                  "lr": sched.get_last_lr()[0], "time": round(time.time(), 2)})
-        _maybe_fail(cfg, step, rank, world)
         if rank == 0 and step % cfg.train.log_every == 0:
             print(f"[sbs train] step {step}/{cfg.train.steps} loss {parts['loss']:.4f} "
                   f"({(time.time() - t0) / len(window):.2f} s/step)", flush=True)
@@ -269,10 +259,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         window, t0 = [], time.time()
 
 
-def _optimizer_step(cfg: StudentTrainConfig, net: Any, module: Any, opt: Any, sched: Any,
-                    batches: Iterator[dict[str, Any]], collate: Collator, device: torch.device,
-                    bf16: bool) -> dict[str, float]:
-    """One optimizer step over `accumulation` micro batches; returns the mean loss parts."""
+def optimizer_step(cfg: StudentTrainConfig, net: Any, module: Any, opt: Any, sched: Any,
+                   batches: Iterator[dict[str, Any]], collate: Collator, device: torch.device,
+                   bf16: bool = False, loss_fn: Callable[..., Any] = compute_loss) -> dict[str, float]:
+    """One optimizer step over `accumulation` micro batches; returns the mean loss parts.
+
+    `net` is what forward runs on (a DeepSpeed engine, DDP, or the plain model outside Ray);
+    `loss_fn` has compute_loss's signature (the step benchmark swaps in HF's default loss)."""
     accum, ds = cfg.accumulation, cfg.train.engine == "deepspeed"
     sums: dict[str, float] = {}
     for i in range(accum):
@@ -280,7 +273,7 @@ def _optimizer_step(cfg: StudentTrainConfig, net: Any, module: Any, opt: Any, sc
         last = i == accum - 1
         sync = net.no_sync() if (not ds and not last and hasattr(net, "no_sync")) else contextlib.nullcontext()
         with sync, torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            loss, parts = compute_loss(net, batch, cfg.method.name, cfg.method.rationale_weight)
+            loss, parts = loss_fn(net, batch, cfg.method.name, cfg.method.rationale_weight)
             if ds:
                 net.backward(loss)  # DeepSpeed scales by 1/accumulation itself
                 net.step()  # a no-op until the accumulation boundary

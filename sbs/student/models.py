@@ -148,12 +148,32 @@ def build_trainable(cfg: ModelConfig) -> tuple[Any, Any, str]:
     from peft import LoraConfig, TaskType, get_peft_model
 
     targets: Any = cfg.lora_targets[0] if cfg.lora_targets == ["all-linear"] else list(cfg.lora_targets)
+    layers = None
+    if cfg.lora_layers:
+        n = getattr(model.config, "num_hidden_layers", None)
+        if kind != "causal" or not n:
+            raise ConfigError("model.lora_layers: only for causal students (one stack of num_hidden_layers)")
+        if cfg.lora_layers > n:
+            raise ConfigError(f"model.lora_layers: {cfg.lora_layers} > the model's {n} layers")
+        layers = list(range(n - cfg.lora_layers, n))
+        if targets == "all-linear":  # peft takes a layer subset only with named modules
+            targets = _linear_names(model)
     lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=targets,
+                      layers_to_transform=layers,
                       task_type=TaskType.CAUSAL_LM if kind == "causal" else TaskType.SEQ_2_SEQ_LM)
     try:
         return get_peft_model(model, lcfg), tok, kind
     except ValueError as e:
         raise ConfigError(f"model.lora_targets: {e}") from None
+
+
+def _linear_names(model: Any) -> list[str]:
+    """Leaf names of the linear layers LoRA's 'all-linear' means (the LM head excluded)."""
+    from transformers.pytorch_utils import Conv1D
+
+    head = model.get_output_embeddings()
+    return sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules()
+                   if isinstance(m, (torch.nn.Linear, Conv1D)) and m is not head})
 
 
 def merge_adapter(adapter_dir: Path, cfg: ModelConfig, out_dir: Path) -> None:

@@ -1,8 +1,9 @@
 """An accepted-rationales table built from the recorded PaLM outputs shipped with each dataset.
 
 The teacher stage (`sbs rationales`) writes `<dir>/accepted/*.parquet`; this writes the same
-schema from the recorded continuations (`ds.parse(ex.teacher, ex)` over `ds.load(split)`), with
-one sample per example. Tests, the step benchmark and CPU runs use it to train without a teacher.
+table (`sbs.teacher.shards.ACCEPTED_SCHEMA`) from the recorded continuations (`ds.parse(ex.teacher,
+ex)` over `ds.load(split)`), one sample per example: the rows the replay backend accepts with
+filter.gold_consistency=false. Tests, the step benchmark and CPU runs use it to train without a teacher.
 
     python -m sbs.student.recorded svamp train runs/rationales/svamp
 """
@@ -15,10 +16,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from sbs.datasets import get_dataset
-
-SCHEMA = pa.schema([("id", pa.string()), ("dataset", pa.string()), ("input", pa.string()), ("gold", pa.string()),
-                    ("label", pa.string()), ("rationale", pa.string()), ("rationales", pa.list_(pa.string())),
-                    ("votes", pa.int64()), ("samples", pa.int64()), ("teacher", pa.string())])
+from sbs.teacher.backends.replay import RECORDED_TEACHER
+from sbs.teacher.shards import ACCEPTED_SCHEMA
 
 
 def write_accepted(dataset: str, split: str, out_dir: str | Path, limit: int | None = None) -> tuple[Path, int, int]:
@@ -32,10 +31,10 @@ def write_accepted(dataset: str, split: str, out_dir: str | Path, limit: int | N
             continue
         rows.append({"id": ex.id, "dataset": ds.name, "input": ex.input, "gold": ex.label, "label": res.label,
                      "rationale": res.rationale, "rationales": [res.rationale], "votes": 1, "samples": 1,
-                     "teacher": "palm-540b-recorded"})
+                     "teacher_model": RECORDED_TEACHER})
     path = Path(out_dir) / "accepted" / f"{split}-recorded.parquet"
     path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), path)
+    pq.write_table(pa.Table.from_pylist(rows, schema=ACCEPTED_SCHEMA), path)
     return path, len(rows), rejected
 
 

@@ -15,7 +15,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from sbs.export import ExportMeta
 from sbs.student.config import ModelConfig, StudentTrainConfig
@@ -56,7 +56,7 @@ def build_trainer(cfg: StudentTrainConfig, train_rows: list[dict[str, Any]], val
     from ray.train.torch import TorchConfig, TorchTrainer
 
     s, r = cfg.scale, cfg.run
-    resources = {"CPU": s.cpus_per_worker, **({"GPU": 1} if s.use_gpu else {})}
+    resources = {"CPU": s.cpus_per_worker, **({"GPU": 1} if s.use_gpu else {}), **s.resources}
     loop_config = {"cfg": cfg.model_dump(mode="json"), "valid_ids": valid_ids, "valid_split": valid_split,
                    "torch_extensions_dir": os.environ.get("TORCH_EXTENSIONS_DIR")}
     return TorchTrainer(
@@ -130,19 +130,17 @@ def latest_history(result: Any) -> list[dict[str, Any]] | None:
         return json.loads(p.read_text(encoding="utf-8")).get("history") if p.is_file() else None
 
 
-def train(cfg: StudentTrainConfig, init_ray: Callable[[], None] | None = None) -> TrainOutcome:
-    """Train and export; `init_ray` connects to Ray once the data is known to be good."""
-    import ray
+def train(cfg: StudentTrainConfig) -> TrainOutcome:
+    """Train and export; Ray is joined (or started) only once the data is known to be good."""
+    from sbs.ray_local import connect
 
     data = build_rows(cfg)  # config and data errors surface here, before any Ray start-up cost
     log.info("%s", batch_summary(cfg))
     print(f"[sbs train] {cfg.method.name} on {cfg.data.dataset}: {data.stats['train_rows']} training rows "
           f"({data.stats['dropped_no_rationale']} dropped without an accepted rationale), "
           f"{data.stats['valid']} validation ({data.stats['valid_split']}); {batch_summary(cfg)}", flush=True)
-    if init_ray is not None:
-        init_ray()
-    if not ray.is_initialized():
-        ray.init(log_to_driver=True)
+    # + one CPU for the Ray Data split coordinator (sizes a local Ray only; a cluster has its own)
+    connect(num_cpus=max(cfg.scale.num_workers * cfg.scale.cpus_per_worker + 1, 2))
     trainer = build_trainer(cfg, data.train, data.valid_ids, data.valid_split)
     result = trainer.fit()
     ckpt, best = pick_best(result)

@@ -26,17 +26,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def init_ray(cfg, num_cpus: int | None = None) -> None:
-    import ray
+    from sbs.ray_local import connect
 
-    from sbs.ray_local import init_local
-
-    if ray.is_initialized():
-        return
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(log_to_driver=False)
-        return
-    need = int(cfg.num_actors * cfg.num_cpus_per_actor + 0.999) + 1
-    init_local(num_cpus=num_cpus or max(os.cpu_count() or 1, need), log_to_driver=False)
+    need = int(cfg.num_actors * cfg.num_cpus_per_actor + 0.999) + 1  # + one for reading and parsing
+    connect(num_cpus=num_cpus or max(os.cpu_count() or 1, need), log_to_driver=False)
 
 
 def run(args: argparse.Namespace) -> int:

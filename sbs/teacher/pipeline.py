@@ -11,7 +11,6 @@ actor every time is rejected as `teacher_crashed` instead of taking the whole jo
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
 from collections import Counter
@@ -53,7 +52,8 @@ def resolve_source(cfg: TeacherConfig, ds: TaskDataset, out: Path) -> InputSourc
         return InputSource(str(p), "shipped", parquet_rows(p))
     snap = out / "_input" / "examples.parquet"
     if not snap.is_file():
-        exs = ds.load(cfg.split, source=cfg.source, limit=cfg.limit)
+        mirror = cfg.hub_data_files.get(cfg.split) if cfg.source == "hub" else None
+        exs = ds.load(cfg.split, source=cfg.source, limit=cfg.limit, **({"data_files": mirror} if mirror else {}))
         snap.parent.mkdir(parents=True, exist_ok=True)
         tmp = snap.with_name(".examples.parquet.tmp")
         pq.write_table(pa.Table.from_pylist([{"id": e.id, "input": e.input, "label": e.label, "fields": json.dumps(
@@ -118,9 +118,9 @@ class ShardBuf:
 class Run:
     """Collects parsed samples per shard and commits a shard when all its samples are in."""
 
-    def __init__(self, cfg: TeacherConfig, ds: TaskDataset, ledger: Ledger, teacher: str, total_shards: int,
+    def __init__(self, cfg: TeacherConfig, ds: TaskDataset, ledger: Ledger, teacher_model: str, total_shards: int,
                  total_examples: int):
-        self.cfg, self.ds, self.ledger, self.teacher = cfg, ds, ledger, teacher
+        self.cfg, self.ds, self.ledger, self.teacher_model = cfg, ds, ledger, teacher_model
         self.bufs: dict[int, ShardBuf] = {}
         self.total_shards, self.total_examples = total_shards, total_examples
         self.done_shards = self.resumed_shards = sum(1 for _ in ledger.entries())
@@ -135,7 +135,7 @@ class Run:
         if len(buf.samples) == buf.expected:
             self.commit(row["shard"])
 
-    def commit(self, shard_index: int, shard: Shard | None = None) -> None:
+    def commit(self, shard_index: int) -> None:
         buf = self.bufs.pop(shard_index)
         by_id: dict[str, list[dict[str, Any]]] = {}
         for (i, _), s in buf.samples.items():
@@ -144,7 +144,7 @@ class Run:
         reasons: Counter[str] = Counter(judge.EXEMPLAR for _ in buf.exemplars)
         correct = with_gold = 0
         for samples in by_id.values():
-            ok, row, right = judge.decide(samples, self.ds.name, self.teacher, self.cfg.filter.gold_consistency)
+            ok, row, right = judge.decide(samples, self.ds.name, self.teacher_model, self.cfg.filter.gold_consistency)
             (accepted if ok else rejects).append(row)
             if not ok:
                 reasons[row["reason"]] += 1
@@ -230,7 +230,7 @@ def execute(cfg: TeacherConfig, backend: TeacherBackend | None = None) -> dict[s
     source = resolve_source(cfg, dataset, out)
     n = min(source.rows, cfg.limit) if cfg.limit else source.rows
     shards = plan_shards(n, cfg.shard_size)
-    ledger.check_fingerprint(_fingerprint(cfg, source, n, backend))
+    ledger.check_fingerprint(_fingerprint(cfg, dataset, source, n, backend))
     todo = [s for s in shards if not ledger.done(s)]
     loader = ShardLoader(dataset, source, renderer, backend.wants_chat, cfg.sampling.k)
     run = Run(cfg, dataset, ledger, backend.describe(), len(shards), n)
@@ -252,22 +252,25 @@ def execute(cfg: TeacherConfig, backend: TeacherBackend | None = None) -> dict[s
                                    f"fix the cause and rerun the same command to resume") from e
         finally:
             ctx.max_errored_blocks, ctx.enable_progress_bars = saved
-    return write_stats(cfg, ledger, renderer, run, time.time() - t0, backend.describe())
+    return write_stats(cfg, dataset, ledger, renderer, run, time.time() - t0, backend.describe())
 
 
-def _fingerprint(cfg: TeacherConfig, source: InputSource, n: int, backend: TeacherBackend) -> dict[str, Any]:
+def _fingerprint(cfg: TeacherConfig, dataset: TaskDataset, source: InputSource, n: int, backend: TeacherBackend
+                 ) -> dict[str, Any]:
     """What must match for a rerun to resume into the same directory: everything that changes a
     teacher output (the whole sampling and prompt sections included), so shards from two different
-    teachers never mix. Keys are config field paths, so a refusal names the fields that differ."""
-    return {"dataset": cfg.dataset, "split": cfg.split, "source": cfg.source, "input": source.path, "rows": n,
+    teachers never mix. Keys are config field paths, so a refusal names the fields that differ
+    (`dataset` is the dataset's name: a generic dataset's YAML may move)."""
+    return {"dataset": dataset.name, "split": cfg.split, "source": cfg.source, "input": source.path, "rows": n,
+            "hub_data_files": cfg.hub_data_files.get(cfg.split) if cfg.source == "hub" else None,
             "shard_size": cfg.shard_size, "backend": backend.describe(),
             **{f"prompt.{k}": v for k, v in cfg.prompt.model_dump(mode="json").items()},
             **{f"sampling.{k}": v for k, v in cfg.sampling.model_dump(mode="json").items()},
             "filter.gold_consistency": cfg.filter.gold_consistency}
 
 
-def write_stats(cfg: TeacherConfig, ledger: Ledger, renderer: Renderer, run: Run, wall: float,
-                teacher: str) -> dict[str, Any]:
+def write_stats(cfg: TeacherConfig, dataset: TaskDataset, ledger: Ledger, renderer: Renderer, run: Run, wall: float,
+                teacher_model: str) -> dict[str, Any]:
     tot: Counter[str] = Counter()
     reasons: Counter[str] = Counter()
     exemplar_hits: list[str] = []
@@ -278,7 +281,7 @@ def write_stats(cfg: TeacherConfig, ledger: Ledger, renderer: Renderer, run: Run
         reasons.update(e["rejected_by_reason"])
         exemplar_hits += e["exemplar_ids"]
     stats = {
-        "dataset": cfg.dataset, "split": cfg.split, "teacher": teacher, "out": str(ledger.out),
+        "dataset": dataset.name, "split": cfg.split, "teacher_model": teacher_model, "out": str(ledger.out),
         "examples_in": tot["examples_in"], "accepted": tot["accepted"], "rejected": tot["rejected"],
         "rejected_by_reason": dict(sorted(reasons.items())),
         "counts_add_up": tot["examples_in"] == tot["accepted"] + tot["rejected"],

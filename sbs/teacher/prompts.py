@@ -1,4 +1,5 @@
-"""Teacher prompts as data: load `sbs/datasets/prompts/<dataset>.yaml` and render them.
+"""Teacher prompts as data: load `sbs/datasets/prompts/<dataset>.yaml` (a generic dataset: the
+`prompt_file` its YAML names) and render them.
 
 A prompt file holds the query template (`{input}` is the student input text), the answer-format
 instruction, the zero-shot cue and 6-10 exemplars (id, input, target) from a non-test split.
@@ -15,7 +16,7 @@ from typing import Any, Literal
 
 import yaml
 
-from sbs.datasets import TaskDataset
+from sbs.datasets import GenericDataset, TaskDataset
 
 SEP = "\n\n"  # between few-shot blocks; also a default stop string
 
@@ -41,20 +42,22 @@ def prompts_dir() -> Path:
     return Path(str(resources.files("sbs") / "datasets" / "prompts"))
 
 
-def _generic_spec(ds: TaskDataset) -> PromptSpec:
+def _generic_spec(ds: GenericDataset) -> PromptSpec:
     """Zero-shot prompt for a generic YAML dataset: its answer marker is what its parser reads."""
-    marker = getattr(getattr(ds, "cfg", None), "answer_marker", "So the answer is")
+    marker = ds.cfg.answer_marker
     space = f" one of: {', '.join(ds.label_space)}" if ds.label_space else ""
     return PromptSpec(ds.name, "", "Q: {input}\nA:", f'Finish with "{marker} <answer>." where <answer> is{space or " the answer"}.',
                       "Let's think step by step.", ())
 
 
 def load_prompt(ds: TaskDataset, path: str | Path | None = None) -> PromptSpec:
-    """The dataset's prompt file (or `path`); errors name the file and the field."""
-    p = Path(path) if path else prompts_dir() / f"{ds.name}.yaml"
+    """The dataset's prompt file (or `path`); errors name the file and the field. A generic dataset
+    without a `prompt_file` gets a zero-shot prompt."""
+    path = path or (ds.prompt_path if isinstance(ds, GenericDataset) else prompts_dir() / f"{ds.name}.yaml")
+    if path is None:
+        return _generic_spec(ds)
+    p = Path(path)
     if not p.is_file():
-        if path is None:
-            return _generic_spec(ds)
         raise FileNotFoundError(f"{p}: prompt file not found")
     data: dict[str, Any] = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
     for key in ("query", "answer_format", "exemplars"):
@@ -77,8 +80,8 @@ class Renderer:
 
     def __init__(self, spec: PromptSpec, mode: Literal["fewshot", "zeroshot"], hold_out: bool = True):
         if mode == "fewshot" and not spec.exemplars:
-            raise ValueError(f"prompt.mode=fewshot: no exemplars for dataset {spec.dataset!r}; add "
-                             f"sbs/datasets/prompts/{spec.dataset}.yaml or use prompt.mode=zeroshot")
+            raise ValueError(f"prompt.mode=fewshot: no exemplars for dataset {spec.dataset!r}; name a prompt file "
+                             f"in its YAML (prompt_file: ...) or use prompt.mode=zeroshot")
         self.spec, self.mode = spec, mode
         # Ids whose answers are in the prompt: the pipeline rejects them as `exemplar`, never outputs them.
         self.exemplar_ids = frozenset(e.id for e in spec.exemplars) if mode == "fewshot" and hold_out else frozenset()

@@ -19,10 +19,13 @@ from typing import Any, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+# The accepted-rationales table: the teacher stage's output and the student's input (also written
+# from the recorded outputs by sbs.student.recorded). `teacher_model` is the backend/model that
+# wrote the row (TeacherBackend.describe); an input row's `teacher` is a recorded raw continuation.
 ACCEPTED_SCHEMA = pa.schema([
     ("id", pa.string()), ("dataset", pa.string()), ("input", pa.string()), ("gold", pa.string()),
     ("label", pa.string()), ("rationale", pa.string()), ("rationales", pa.list_(pa.string())),
-    ("votes", pa.int64()), ("samples", pa.int64()), ("teacher", pa.string())])
+    ("votes", pa.int64()), ("samples", pa.int64()), ("teacher_model", pa.string())])
 REJECTS_SCHEMA = pa.schema([
     ("id", pa.string()), ("dataset", pa.string()), ("input", pa.string()), ("gold", pa.string()),
     ("reason", pa.string()), ("detail", pa.string()), ("raw", pa.string())])

@@ -12,6 +12,9 @@ Only the rendering the backend wants (`wants_chat`) is filled; the other column 
 The pipeline builds the backend with `cfg.sampling.stop` already resolved to a list (the dataset's
 exemplar markers and a blank line when the YAML left it null), and `cfg.sampling.seed + row["sample"]`
 is the seed a backend should use for a row when it can seed per request.
+
+The registry's names are also `TeacherConfig.backend`'s Literal (config.py never imports this
+module, so the two are checked against each other by a test).
 """
 from __future__ import annotations
 
@@ -19,13 +22,18 @@ import importlib
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, ClassVar
 
+import pyarrow as pa
+
 if TYPE_CHECKING:
     import ray.data
 
     from sbs.teacher.config import TeacherConfig
 
-# Columns a backend adds to every row.
-OUTPUT_COLUMNS = ("text", "error", "tokens_in", "tokens_out")
+# Columns a backend adds to every row, with their types (`with_outputs` appends them).
+OUTPUT_COLUMNS = {"text": pa.string(), "error": pa.string(), "tokens_in": pa.int64(), "tokens_out": pa.int64()}
+
+# One row's result: (text, tokens_in, tokens_out), or the error message of a failed row.
+Result = tuple[str, int, int] | str
 
 # name -> "module:Class", imported only when chosen (vllm/transformers are heavy or absent).
 BACKENDS: dict[str, str] = {
@@ -56,7 +64,7 @@ class TeacherBackend(ABC):
         tokens_in (int), tokens_out (int). Never drops or duplicates a row; failures are rows with error set."""
 
     def describe(self) -> str:
-        """`backend/model` string recorded in every accepted row's `teacher` column."""
+        """`backend/model` string recorded in every accepted row's `teacher_model` column."""
         return self.name
 
 
@@ -84,7 +92,20 @@ def map_with_actor_pool(ds: "ray.data.Dataset", udf_cls: type, cfg: "TeacherConf
         return ds.map_batches(udf_cls, batch_format="pyarrow", batch_size=cfg.batch_size,
                               compute=ray.data.ActorPoolStrategy(size=cfg.num_actors, max_tasks_in_flight_per_actor=in_flight),
                               num_cpus=cfg.num_cpus_per_actor, num_gpus=num_gpus or None,
+                              **({"resources": dict(cfg.resources)} if cfg.resources else {}),
                               max_restarts=-1, max_task_retries=cfg.max_task_retries, **kwargs)
+
+
+def with_outputs(batch: pa.Table, results: list[Result]) -> pa.Table:
+    """`batch` plus OUTPUT_COLUMNS, one result per row; a failed row gets text "", its error, 0 tokens."""
+    ok = [isinstance(r, tuple) for r in results]
+    values = {"text": [r[0] if o else "" for r, o in zip(results, ok)],
+              "error": [None if o else r for r, o in zip(results, ok)],
+              "tokens_in": [r[1] if o else 0 for r, o in zip(results, ok)],
+              "tokens_out": [r[2] if o else 0 for r, o in zip(results, ok)]}
+    for name, typ in OUTPUT_COLUMNS.items():
+        batch = batch.append_column(name, pa.array(values[name], typ))
+    return batch
 
 
 def resolve_chat(cfg: "TeacherConfig", backend_default: bool) -> bool:

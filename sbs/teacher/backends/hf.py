@@ -3,7 +3,11 @@
 Loads any causal LM directory (save_pretrained layout, e.g. the converted Gemma dir) or hub name.
 Each actor owns `num_cpus_per_actor` torch threads (oversubscribed threads were measured ~80x
 slower on 2 cores) and, with `num_gpus_per_actor > 0`, its GPU. Stop strings are checked on the
-decoded continuation each step, so a row stops as soon as it starts the next exemplar.
+last few decoded tokens each step, so a row stops as soon as it starts the next exemplar.
+
+Sampling (temperature > 0) draws each row's tokens from its own generator seeded `seed + sample`
+(the backend contract), so a row's text does not depend on its batch neighbours, the batch size,
+shard boundaries or a resume; greedy decoding needs no seed.
 """
 from __future__ import annotations
 
@@ -13,20 +17,65 @@ from typing import Any, ClassVar
 
 import pyarrow as pa
 
-from sbs.teacher.backends.base import TeacherBackend, map_with_actor_pool, resolve_chat
+from sbs.teacher.backends.base import Result, TeacherBackend, map_with_actor_pool, resolve_chat, with_outputs
 
 
 class _StopOnStrings:
-    """Per-row stopping criterion: True once a row's new text contains a stop string."""
+    """Per-row stopping criterion: True once a row's new text contains a stop string.
 
-    def __init__(self, tok: Any, prompt_len: int, stops: list[str]):
-        self.tok, self.prompt_len, self.stops = tok, prompt_len, stops
+    Each step decodes only the end of each unfinished row (decoding whole continuations every
+    step is quadratic in their length): the newest token and at least `longest` characters
+    before it, where a stop string that has just appeared must lie. Rows already finished (a stop
+    string, an EOS) are not decoded again. The text is cut on the whole decode afterwards, so the
+    outputs never depend on this window."""
+
+    def __init__(self, tok: Any, prompt_len: int, stops: list[str], eos_ids: list[int]):
+        self.tok, self.prompt_len, self.stops, self.eos = tok, prompt_len, stops, set(eos_ids)
+        # +1: the window's first character may be dropped (a leading space, a partial UTF-8 byte)
+        self.longest = max(len(s) for s in stops) + 1
+        self.finished: set[int] = set()
+
+    def _tail(self, ids) -> str:
+        n = self.longest + 1
+        while True:  # widen until the tokens before the newest decode to enough characters
+            start = max(self.prompt_len, len(ids) - 1 - n)
+            if start == self.prompt_len or len(self.tok.decode(ids[start:-1], skip_special_tokens=True)) > self.longest:
+                return self.tok.decode(ids[start:], skip_special_tokens=True)
+            n *= 2
 
     def __call__(self, input_ids, scores, **kwargs):
         import torch
 
-        new = self.tok.batch_decode(input_ids[:, self.prompt_len:], skip_special_tokens=True)
-        return torch.tensor([any(s in t for s in self.stops) for t in new], device=input_ids.device)
+        for i, ids in enumerate(input_ids):
+            if i not in self.finished and int(ids[-1]) not in self.eos:
+                tail = self._tail(ids)
+                if not any(s in tail for s in self.stops):
+                    continue
+            self.finished.add(i)
+        return torch.tensor([i in self.finished for i in range(len(input_ids))], dtype=torch.bool,
+                            device=input_ids.device)
+
+
+class _SampleEachRow:
+    """Logits processor for sampling with one generator per row: it samples every row's next token
+    (temperature, then top_p) and leaves only that token finite, for greedy `generate` to take.
+    `generate(do_sample=True)` draws from one global RNG, in batch order, so a row's sample would
+    depend on which rows share its batch."""
+
+    def __init__(self, generators: list[Any], temperature: float, top_p: float):
+        from transformers import TemperatureLogitsWarper, TopPLogitsWarper
+
+        self.generators = generators
+        self.warpers = [TemperatureLogitsWarper(temperature)] + ([TopPLogitsWarper(top_p)] if top_p < 1 else [])
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        for w in self.warpers:
+            scores = w(input_ids, scores)
+        probs = torch.softmax(scores, dim=-1)
+        picks = torch.cat([torch.multinomial(p, 1, generator=g) for p, g in zip(probs, self.generators)])
+        return torch.full_like(scores, float("-inf")).scatter_(1, picks[:, None], 0.0)
 
 
 class HfGenerator:
@@ -71,12 +120,14 @@ class HfGenerator:
         enc = self.tok([self._text(r) for r in rows], return_tensors="pt", padding=True, truncation=True,
                        max_length=self.cfg.hf.max_input_tokens, add_special_tokens=self.add_special).to(self.device)
         plen = enc["input_ids"].shape[1]
-        torch.manual_seed(s.seed + sum(int(r["sample"]) for r in rows) + len(rows[0]["id"]))
-        kw: dict[str, Any] = {"do_sample": True, "temperature": s.temperature, "top_p": s.top_p} \
-            if s.temperature > 0 else {"do_sample": False}
+        sample = [_SampleEachRow([torch.Generator(self.device).manual_seed(s.seed + int(r["sample"])) for r in rows],
+                                 s.temperature, s.top_p)] if s.temperature > 0 else []
+        eos = self.model.generation_config.eos_token_id
+        stop = [_StopOnStrings(self.tok, plen, s.stop, [eos] if isinstance(eos, int) else list(eos or []))] \
+            if s.stop else []
         with torch.inference_mode():
             out = self.model.generate(**enc, max_new_tokens=s.max_tokens, pad_token_id=self.tok.pad_token_id,
-                                      stopping_criteria=[_StopOnStrings(self.tok, plen, s.stop or [])], **kw)
+                                      do_sample=False, logits_processor=sample, stopping_criteria=stop)
         res = []
         for i in range(len(rows)):
             gen = out[i, plen:]
@@ -91,7 +142,7 @@ class HfGenerator:
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
         try:
-            res: list[tuple[str, int, int] | str] = list(self._generate(rows))
+            res: list[Result] = list(self._generate(rows))
         except Exception:  # one bad row must not fail its neighbours: retry one by one
             res = []
             for r in rows:
@@ -99,12 +150,7 @@ class HfGenerator:
                     res += self._generate([r])
                 except Exception as e:
                     res.append(f"hf generate failed: {type(e).__name__}: {e}"[:2000])
-        text = [x[0] if isinstance(x, tuple) else "" for x in res]
-        err = [None if isinstance(x, tuple) else x for x in res]
-        tin = [x[1] if isinstance(x, tuple) else 0 for x in res]
-        tout = [x[2] if isinstance(x, tuple) else 0 for x in res]
-        return (batch.append_column("text", pa.array(text, pa.string())).append_column("error", pa.array(err, pa.string()))
-                .append_column("tokens_in", pa.array(tin, pa.int64())).append_column("tokens_out", pa.array(tout, pa.int64())))
+        return with_outputs(batch, res)
 
 
 class HfBackend(TeacherBackend):

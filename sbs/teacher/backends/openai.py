@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 
 import pyarrow as pa
 
-from sbs.teacher.backends.base import TeacherBackend, map_with_actor_pool, resolve_chat
+from sbs.teacher.backends.base import Result, TeacherBackend, map_with_actor_pool, resolve_chat, with_outputs
 
 RETRY_STATUS = {408, 409, 429} | set(range(500, 600))
 
@@ -98,7 +98,7 @@ class OpenAIClient:
         except (ValueError, KeyError, IndexError, TypeError) as e:
             raise _Retryable(f"unparseable response ({type(e).__name__}: {e}): {raw[:200]!r}") from None
 
-    async def _one(self, session, sem: asyncio.Semaphore, row: dict[str, Any]) -> tuple[str, int, int] | str:
+    async def _one(self, session, sem: asyncio.Semaphore, row: dict[str, Any]) -> Result:
         url = f"{self.o.base_url}/{'chat/completions' if self.chat else 'completions'}"
         body = self._body(row)
         last = ""
@@ -116,7 +116,7 @@ class OpenAIClient:
                 return f"openai: {e}"[:2000]
         return f"openai: gave up after {self.o.max_retries + 1} tries; last: {last}"[:2000]
 
-    async def _all(self, rows: list[dict[str, Any]]) -> list[tuple[str, int, int] | str]:
+    async def _all(self, rows: list[dict[str, Any]]) -> list[Result]:
         import aiohttp
 
         sem = asyncio.Semaphore(self.o.max_concurrency)
@@ -124,16 +124,7 @@ class OpenAIClient:
             return await asyncio.gather(*(self._one(session, sem, r) for r in rows))
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        res = asyncio.run(self._all(batch.to_pylist()))
-        ok = [isinstance(x, tuple) for x in res]
-        cols = {"text": [x[0] if o else "" for x, o in zip(res, ok)],
-                "error": [None if o else x for x, o in zip(res, ok)],
-                "tokens_in": [x[1] if o else 0 for x, o in zip(res, ok)],
-                "tokens_out": [x[2] if o else 0 for x, o in zip(res, ok)]}
-        types = {"text": pa.string(), "error": pa.string(), "tokens_in": pa.int64(), "tokens_out": pa.int64()}
-        for k, v in cols.items():
-            batch = batch.append_column(k, pa.array(v, types[k]))
-        return batch
+        return with_outputs(batch, asyncio.run(self._all(batch.to_pylist())))
 
 
 class OpenAIBackend(TeacherBackend):

@@ -7,16 +7,15 @@ from typing import ClassVar
 
 import pyarrow as pa
 
-from sbs.teacher.backends.base import TeacherBackend, resolve_chat
+from sbs.teacher.backends.base import TeacherBackend, resolve_chat, with_outputs
+
+# `teacher_model` of every row the recorded outputs produce (here and in sbs.student.recorded).
+RECORDED_TEACHER = "replay/palm-540b-recorded"
 
 
 def replay_batch(batch: pa.Table) -> pa.Table:
-    recorded = batch.column("teacher").to_pylist()
-    text = [t if isinstance(t, str) else "" for t in recorded]
-    error = [None if isinstance(t, str) else "replay: no recorded teacher output for this example" for t in recorded]
-    zeros = pa.array([0] * batch.num_rows, pa.int64())
-    return (batch.append_column("text", pa.array(text, pa.string())).append_column("error", pa.array(error, pa.string()))
-            .append_column("tokens_in", zeros).append_column("tokens_out", zeros))
+    recorded, missing = batch.column("teacher").to_pylist(), "replay: no recorded teacher output for this example"
+    return with_outputs(batch, [(t, 0, 0) if isinstance(t, str) else missing for t in recorded])
 
 
 class ReplayBackend(TeacherBackend):
@@ -30,7 +29,9 @@ class ReplayBackend(TeacherBackend):
         self.wants_chat = resolve_chat(cfg, False)
 
     def generate(self, ds):
-        return ds.map_batches(replay_batch, batch_format="pyarrow", batch_size=None, num_cpus=0.25)
+        # tasks, not actors (nothing to load); `resources` still keeps them on teacher nodes
+        return ds.map_batches(replay_batch, batch_format="pyarrow", batch_size=None, num_cpus=0.25,
+                              **({"resources": dict(self.cfg.resources)} if self.cfg.resources else {}))
 
     def describe(self) -> str:
-        return "replay/palm-540b-recorded"
+        return RECORDED_TEACHER

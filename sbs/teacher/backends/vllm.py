@@ -49,16 +49,6 @@ STASH = "_sbs_orig_"
 COLS = "_sbs_cols"  # JSON list of the input row's column names, in order
 
 
-def stop_strings(cfg: "TeacherConfig") -> list[str]:
-    """`sampling.stop`, or the dataset's default (stop where the model invents the next exemplar)."""
-    if cfg.sampling.stop is not None:
-        return list(cfg.sampling.stop)
-    from sbs.datasets import get_dataset
-    from sbs.teacher.prompts import default_stop
-
-    return default_stop(get_dataset(cfg.dataset))
-
-
 def engine_kwargs(cfg: "TeacherConfig") -> dict[str, Any]:
     """vLLM engine arguments from `cfg.vllm` (its `engine_kwargs` override the typed fields)."""
     v = cfg.vllm
@@ -74,6 +64,7 @@ def engine_kwargs(cfg: "TeacherConfig") -> dict[str, Any]:
     }
     if v.max_model_len is not None:
         kw["max_model_len"] = v.max_model_len
+    kw["enforce_eager"] = v.device == "cpu" if v.enforce_eager is None else v.enforce_eager
     if v.device == "cuda":
         kw["dtype"] = v.dtype
         kw["gpu_memory_utilization"] = v.gpu_memory_utilization
@@ -164,8 +155,8 @@ class VllmBackend(TeacherBackend):
 
     def sampling_params(self) -> dict[str, Any]:
         s = self.cfg.sampling
-        return {"temperature": s.temperature, "top_p": s.top_p, "max_tokens": s.max_tokens,
-                "stop": stop_strings(self.cfg)}
+        # `stop` is already resolved by the pipeline (backends/base.py); vLLM reads None as no stop strings.
+        return {"temperature": s.temperature, "top_p": s.top_p, "max_tokens": s.max_tokens, "stop": s.stop}
 
     def build(self):
         """The Ray Data LLM processor (preprocess -> [chat template] -> vLLM engine)."""

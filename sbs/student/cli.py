@@ -1,20 +1,62 @@
-"""`sbs eval`: label-only evaluation of an exported student; results as JSON.
+"""The student stage's two commands: `sbs train` and `sbs eval` (`train.add_arguments/run`,
+`eval.add_arguments/run`; sbs/cli.py names them `sbs.student.cli:train` and `:eval`).
 
+    sbs train --config configs/student/svamp_multitask.yaml
+    sbs train --config configs/student/svamp_standard.yaml model.name=minilm train.steps=300 run.name=svamp-std
     sbs eval runs/student/svamp-multitask/export --split test --out outputs/eval/svamp-multitask.json
     sbs eval EXPORT_DIR --split test --explain --limit 50     # also writes the rationales
     sbs eval EXPORT_DIR --split test --decoding choices      # rank the label space / CQA choices
 
-The dataset comes from the export's sbs_meta.json (override with --dataset). Only the label
-task runs for the accuracy; --explain additionally generates rationales (multitask/single_task).
+Train: rerun the same command (same run.name and run.storage_path) to resume a stopped run from
+its latest checkpoint. It joins the Ray cluster in RAY_ADDRESS when set (e.g. under `ray job
+submit`), otherwise starts a private local Ray with the CPUs the workers need (sbs.ray_local).
+Eval: the dataset comes from the export's sbs_meta.json (override with --dataset). Only the
+label task runs for the accuracy; --explain additionally generates rationales.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from types import SimpleNamespace
+
+from sbs.config import dump_config
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
+# ---- sbs train ---------------------------------------------------------------------------
+
+def _train_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="StudentTrainConfig YAML (e.g. configs/student/svamp_multitask.yaml)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.steps=200 scale.num_workers=2")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+
+
+def _train(args: argparse.Namespace) -> int:
+    from sbs.config import ConfigError
+    from sbs.student.config import load_train_config
+
+    try:
+        return _train_run(args, load_train_config(args.config, args.overrides))
+    except ConfigError as e:  # also raised by data loading (missing rationales, bad split)
+        print(f"sbs train: config error:\n{e}", file=sys.stderr)
+        return 2
+
+
+def _train_run(args: argparse.Namespace, cfg) -> int:
+    if args.print_config:
+        print(dump_config(cfg), end="")
+        return 0
+    from sbs.student import trainer
+
+    out = trainer.train(cfg)
+    print(json.dumps({"export_dir": str(out.export_dir), "best": out.best_metrics, "data": out.data_stats,
+                      "run_path": out.run_path}, indent=1, default=str))
+    return 0
+
+
+# ---- sbs eval ----------------------------------------------------------------------------
+
+def _eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("export_dir", help="an exported student (save_pretrained + sbs_meta.json)")
     p.add_argument("--split", default="test", help="dataset split to score (default: test)")
     p.add_argument("--dataset", default=None, help="dataset name or YAML (default: the one it was trained on)")
@@ -33,7 +75,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="weights dtype (bfloat16/float16: GPU; default: float32)")
 
 
-def run(args: argparse.Namespace) -> int:
+def _eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     import torch
@@ -63,7 +105,5 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(prog="sbs eval")
-    add_arguments(parser)
-    sys.exit(run(parser.parse_args()))
+train = SimpleNamespace(add_arguments=_train_arguments, run=_train)
+eval = SimpleNamespace(add_arguments=_eval_arguments, run=_eval)  # noqa: A001 (the command's name)

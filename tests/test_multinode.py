@@ -1,0 +1,400 @@
+"""sbs across a real multi-node Ray cluster on this machine, and nodes lost mid-stage.
+
+One module-scoped cluster (sbs.local_cluster.LocalCluster): a head (1 CPU: the drivers) and
+worker nodes, each its own raylet with 1 CPU and a custom resource naming its role, as the node
+types of cluster/*.yaml do: teacher x2, trainer x2, serve x2. The stage configs ask for those
+resources (`resources` of the teacher, `scale.resources` of the student, `ray_actor_options.
+resources` of Serve), so each stage can only run where a real cluster would put it. Where work
+ran is read back from Ray's state API (the dashboard), never assumed. Node losses are a SIGKILL
+of one node's raylet and everything under it. Nothing here runs `ray stop`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from sbs.local_cluster import LocalCluster, free_ports, ray_env
+
+ROOT = Path(__file__).resolve().parents[1]
+SBS = [sys.executable, "-m", "sbs.cli"]
+pytestmark = pytest.mark.slow
+
+TRAIN = ["model.name=tiny-t5", "data.max_input_length=48", "data.max_label_length=12", "data.max_rationale_length=24",
+         "data.valid_limit=8", "train.global_batch=4", "train.micro_batch=2", "train.warmup_steps=0",
+         "train.eval_batch=8", "train.log_every=1", "train.engine=deepspeed", "train.zero_stage=2",
+         "scale.num_workers=2", "scale.cpus_per_worker=1", "scale.resources={trainer: 1}", "run.max_failures=3"]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    c = LocalCluster(head_cpus=1)
+    try:
+        c.up([("teacher", 1), ("teacher", 1), ("trainer", 1), ("trainer", 1), ("serve", 1), ("serve", 1)])
+        c.wait_nodes(7)
+        yield c
+    finally:
+        c.down()
+    assert not c.down(), "cluster processes survived"
+
+
+@pytest.fixture(scope="module")
+def tiny_teacher_model(tmp_path_factory) -> Path:
+    from test_teacher_vllm import tiny_llama  # the random Llama + BPE tokenizer the vLLM test uses
+
+    return tiny_llama(tmp_path_factory.mktemp("tiny_teacher"))
+
+
+def env_for(c: LocalCluster) -> dict[str, str]:
+    return dict(ray_env(), RAY_ADDRESS=c.gcs_address, TORCH_EXTENSIONS_DIR=os.environ.get(
+        "TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions")))
+
+
+def sbs(c: LocalCluster, *args: str, timeout: int = 400) -> subprocess.CompletedProcess:
+    return subprocess.run([*SBS, *args], env=env_for(c), cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def _node_roles(c: LocalCluster) -> dict[str, str]:
+    from ray.util.state import list_nodes
+
+    roles = {}
+    for n in list_nodes(address=c.dashboard_url, detail=True, limit=100):
+        res = n.resources_total or {}
+        roles[n.node_id] = next((r for r in ("head", "teacher", "trainer", "serve") if r in res), "?")
+    return roles
+
+
+def actors_by_role(c: LocalCluster, class_part: str) -> dict[str, list[str]]:
+    """{role: [actor state, ...]} of every actor (alive or dead) whose class name has `class_part`."""
+    from ray.util.state import list_actors
+
+    roles = _node_roles(c)
+    out: dict[str, list[str]] = {}
+    for a in list_actors(address=c.dashboard_url, detail=True, limit=10000):
+        if class_part in (a.class_name or ""):
+            out.setdefault(roles.get(a.node_id, "?"), []).append(a.state)
+    return out
+
+
+def tasks_by_role(c: LocalCluster, name_part: str) -> dict[str, int]:
+    """{role: number of tasks} whose name has `name_part` (finished ones included)."""
+    from ray.util.state import list_tasks
+
+    roles = _node_roles(c)
+    out: dict[str, int] = {}
+    for t in list_tasks(address=c.dashboard_url, detail=True, limit=10000):
+        if name_part in (t.name or "") and t.node_id:
+            out[roles.get(t.node_id, "?")] = out.get(roles.get(t.node_id, "?"), 0) + 1
+    return out
+
+
+def teacher_args(out: Path, *more: str) -> list[str]:
+    return ["rationales", "--config", "configs/teacher/svamp.yaml", f"out={out}", "progress=false",
+            "resources={teacher: 1}", *more]
+
+
+def pipeline(c: LocalCluster, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """scripts/run_pipeline.sh against the cluster's Jobs API: one `ray job submit` per stage."""
+    env = dict(env_for(c), RAY_ADDRESS=c.dashboard_url, RAY=str(Path(sys.executable).parent / "ray"))
+    return subprocess.run(["bash", str(ROOT / "scripts" / "run_pipeline.sh"), *args], env=env, capture_output=True,
+                          text=True, timeout=timeout, cwd=ROOT)
+
+
+def pipeline_args(work: Path, port: int) -> list[str]:
+    teacher, export = work / "teacher", work / "export"
+    train = [*TRAIN, f"data.rationales={teacher}", "train.steps=4", "train.eval_every=2",
+             f"run.storage_path={work / 'runs'}", "run.name=placed", f"run.export_dir={export}"]
+    serve = [f"port={port}", f"students=[{{dataset: svamp, export_dir: {export}}}]", "num_replicas=2",
+             "ray_actor_options.resources={serve: 1}", "ingress.resources={head: 1}"]
+    return ["--teacher", "configs/teacher/svamp.yaml", "--teacher-arg", "limit=24", "--teacher-arg", f"out={teacher}",
+            "--teacher-arg", "resources={teacher: 1}", "--teacher-arg", "progress=false",
+            "--train", "configs/student/svamp_multitask.yaml", *[a for o in train for a in ("--train-arg", o)],
+            "--eval", str(export), "--eval-arg", "--split=test", "--eval-arg", "--limit=8",
+            "--eval-arg", f"--out={work / 'eval.json'}",
+            "--serve", "configs/serve/students.yaml", *[a for o in serve for a in ("--serve-arg", o)]]
+
+
+def test_pipeline_across_nodes_through_ray_job_submit(cluster, tmp_path):
+    """rationales -> train -> eval -> serve, each a `ray job submit` (scripts/run_pipeline.sh).
+    The recorded-teacher tasks run on teacher nodes, the 2 Train workers (DeepSpeed ZeRO-2, gloo)
+    on the 2 trainer nodes, the 2 Serve replicas on the 2 serve nodes; checkpoints and the export
+    sit on storage every node reaches. Where each ran is read back from Ray's state API."""
+    port = free_ports(1)[0]
+    r = pipeline(cluster, *pipeline_args(tmp_path, port))
+    log = r.stdout + r.stderr
+    assert r.returncode == 0, log[-6000:]
+    for stage in ("rationales", "train", "eval", "serve"):
+        assert f"== run_pipeline: {stage}: " in r.stderr and "--working-dir ." in r.stderr
+    stats = json.loads((tmp_path / "teacher" / "stats.json").read_text())
+    assert stats["examples_in"] == 24 == stats["accepted"] + stats["rejected"] and stats["accepted"] > 0
+    meta = json.loads((tmp_path / "export" / "sbs_meta.json").read_text())
+    assert meta["metrics"]["step"] == 4 and meta["metrics"]["num_workers"] == 2
+    ev = json.loads((tmp_path / "eval.json").read_text())
+    assert ev["n"] == 8 and ev["accuracy"] == pytest.approx(ev["correct"] / 8)
+    import requests
+
+    ans = requests.post(f"http://127.0.0.1:{port}/v1/predict", json={"dataset": "svamp", "input": {
+        "problem": "Add 3 and 2."}}, timeout=60)
+    assert ans.status_code == 200, ans.text
+    tasks = tasks_by_role(cluster, "replay_batch")
+    workers = actors_by_role(cluster, "RayTrainWorker")
+    replicas = actors_by_role(cluster, "ServeReplica:sbs:student")
+    assert set(tasks) == {"teacher"} and tasks["teacher"], tasks
+    assert set(workers) == {"trainer"} and len(workers["trainer"]) == 2, workers  # one per trainer node
+    assert set(replicas) == {"serve"} and replicas["serve"].count("ALIVE") == 2, replicas
+    print(f"placement: teacher tasks {tasks}, train workers {workers}, serve replicas {replicas}")
+    serve_shutdown(cluster)
+
+
+def test_pipeline_stops_at_the_first_failing_stage(cluster, tmp_path):
+    args = pipeline_args(tmp_path, free_ports(1)[0])
+    args[args.index("limit=24")] = "sampling.k=0"  # TeacherConfig rejects k < 1
+    r = pipeline(cluster, *args, timeout=300)
+    assert r.returncode != 0
+    assert "stage 'rationales' failed" in r.stderr and "sampling.k" in r.stdout + r.stderr
+    assert "== run_pipeline: train" not in r.stderr, "a later stage started after a failure"
+    assert not (tmp_path / "export").exists() and not (tmp_path / "eval.json").exists()
+
+
+def serve_shutdown(c: LocalCluster) -> None:
+    subprocess.run([str(Path(sys.executable).parent / "serve"), "shutdown", "-y", "-a", c.dashboard_url],
+                   env=ray_env(), capture_output=True, timeout=120)
+
+
+def _ids(out: Path) -> list[str]:
+    ids = []
+    for part in ("accepted", "rejects"):
+        if (out / part).is_dir() and list((out / part).glob("*.parquet")):
+            ids += pq.read_table(out / part, columns=["id"]).column("id").to_pylist()
+    return ids
+
+
+def _wait_for(pred, timeout_s: float, what: str) -> float:
+    t0 = time.time()
+    while not pred():
+        if time.time() - t0 > timeout_s:
+            raise TimeoutError(f"{what}: not within {timeout_s:.0f} s")
+        time.sleep(0.2)
+    return time.time() - t0
+
+
+def test_teacher_node_lost_mid_stage_every_id_once(cluster, tmp_path, tiny_teacher_model):
+    """Two hf teacher actors, one per teacher node; SIGKILL teacher-1 once shards are landing. The
+    stage either finishes on what is left or fails; a rerun then resumes. Every input id ends up
+    exactly once in accepted + rejects."""
+    out = tmp_path / "teacher"
+    args = teacher_args(out, "limit=40", "num_actors=2", "batch_size=2", "shard_size=4", "backend=hf",
+                        f"hf.model={tiny_teacher_model}", "sampling.max_tokens=24", "filter.gold_consistency=false")
+    p = subprocess.Popen([*SBS, *args], env=env_for(cluster), cwd=ROOT, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(lambda: len(_ids(out)) >= 8 or p.poll() is not None, 240, "first shards")
+        assert p.poll() is None, "the stage finished before the node could be killed: make it longer"
+        landed = len(_ids(out))
+        cluster.kill("teacher-1")
+        cluster.add("teacher", name="teacher-1")  # the node comes back (a replacement), as on a real cluster
+        _, err = p.communicate(timeout=400)
+    finally:
+        p.kill()
+    first_rc = p.returncode
+    if first_rc != 0:  # resumable: the rerun skips committed shards
+        r = sbs(cluster, *args)
+        assert r.returncode == 0, r.stderr[-4000:]
+    ids = _ids(out)
+    assert sorted(ids) == sorted(set(ids)) and len(ids) == 40, (len(ids), len(set(ids)))
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["examples_in"] == 40 == stats["accepted"] + stats["rejected"]
+    actors = actors_by_role(cluster, "MapWorker")
+    assert set(actors) == {"teacher"} and len(actors["teacher"]) >= 2, actors  # 2 + the restarted one(s)
+    print(f"teacher node kill: {landed} ids landed before, first run rc={first_rc}, 40/40 ids exactly once")
+
+
+def test_trainer_node_lost_mid_training_resumes_from_last_checkpoint(cluster, tmp_path):
+    """2 DDP workers (gloo) on 2 trainer nodes; SIGKILL trainer-1 after the step-10 checkpoint; a
+    replacement node joins; Ray Train restarts the group from the last checkpoint, reaches step 30."""
+    teacher = tmp_path / "teacher"
+    r = sbs(cluster, *teacher_args(teacher, "limit=24"))
+    assert r.returncode == 0, r.stderr[-4000:]
+    runs = tmp_path / "runs"
+    args = ["train", "--config", "configs/student/svamp_multitask.yaml", *TRAIN, "train.engine=ddp", "train.steps=30",
+            "train.eval_every=5", f"data.rationales={teacher}", f"run.storage_path={runs}", "run.name=killed",
+            f"run.export_dir={tmp_path / 'export'}"]
+    p = subprocess.Popen([*SBS, *args], env=env_for(cluster), cwd=ROOT, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True)
+    seen: list[str] = []
+
+    def reached(step: int) -> bool:
+        return any(f"step {step}: val_accuracy" in line for line in seen)
+
+    try:
+        import threading
+
+        threading.Thread(target=lambda: seen.extend(iter(p.stdout.readline, "")), daemon=True).start()
+        # the step-10 checkpoint committed to run.storage_path (its metrics line comes a little earlier)
+        _wait_for(lambda: (reached(10) and any((runs / "killed").glob("checkpoint_step0000010*")))
+                  or p.poll() is not None, 300, "step-10 checkpoint")
+        # Ray Train's controller registers a report on its health-check poll (2 s): a worker lost
+        # within one poll of its last report loses that checkpoint. Let it register, then kill.
+        time.sleep(2 * 2 + 1)
+        assert p.poll() is None, "training ended before the kill"
+        cluster.kill("trainer-1")
+        t_kill, at_kill = time.time(), len(seen)
+        cluster.add("trainer", name="trainer-1")
+        p.wait(timeout=400)
+    finally:
+        p.kill()
+    log = "".join(seen)
+    assert p.returncode == 0, log[-5000:]
+    (tmp_path / "driver.log").write_text(log)
+    meta = json.loads((tmp_path / "export" / "sbs_meta.json").read_text())
+    resumed = meta["metrics"]["resumed_from"]
+    before = [int(line.split("step ")[1].split("/")[0]) for line in seen[:at_kill] if "/30 loss" in line]
+    assert resumed is not None and resumed >= 10 and resumed % 5 == 0, (resumed, log[-3000:])
+    redone = max(before) - resumed
+    # at most one checkpoint interval, plus what a 2-s report poll can leave unregistered
+    assert 0 <= redone <= 2 * 5, f"steps redone {redone}: more than one checkpoint interval"
+    hist = [json.loads(x) for x in (tmp_path / "export" / "train_metrics.jsonl").read_text().splitlines()]
+    steps = [h["step"] for h in hist if "loss" in h]
+    assert steps == list(range(1, 31)), steps  # the curve continues: every step once, none lost
+    print(f"trainer node kill: last step logged before the kill {max(before)}, resumed from step {resumed} "
+          f"({redone} steps redone); {time.time() - t_kill:.0f} s from kill to the end; exported step "
+          f"{meta['metrics']['step']}")
+
+
+# ---- Serve: a node lost under load, no replica at all, autoscaling ------------------------------
+def _deploy(c: LocalCluster, export: Path, port: int, *more: str) -> None:
+    r = sbs(c, "serve", "--config", "configs/serve/students.yaml", "--detach", f"port={port}",
+            f"students=[{{dataset: svamp, export_dir: {export}}}]", "ingress.resources={head: 1}", *more, timeout=300)
+    assert r.returncode == 0, r.stderr[-4000:]
+
+
+def _replicas(c: LocalCluster) -> int:
+    """RUNNING replicas of the svamp student, from the dashboard's Serve REST API."""
+    import requests
+
+    apps = requests.get(f"{c.dashboard_url}/api/serve/applications/", timeout=10).json().get("applications", {})
+    dep = apps.get("sbs", {}).get("deployments", {}).get("student-svamp", {})
+    return sum(r.get("state") == "RUNNING" for r in dep.get("replicas", []))
+
+
+class Load:
+    """`n` clients posting the same question in a loop; every request's (start, end, status)."""
+
+    def __init__(self, url: str, n: int = 16, timeout_s: float = 30.0):
+        import threading
+
+        self.url, self.timeout_s, self.log, self.stop = url, timeout_s, [], threading.Event()
+        self.threads = [threading.Thread(target=self._client, daemon=True) for _ in range(n)]
+
+    def _client(self) -> None:
+        import requests
+
+        s = requests.Session()
+        while not self.stop.is_set():
+            t0 = time.time()
+            try:
+                r = s.post(self.url, json={"dataset": "svamp", "input": {"problem": "Add 3 and 2."}},
+                           timeout=self.timeout_s)
+                status, body = r.status_code, r.text[:300]
+            except Exception as e:  # a client-side timeout or a dropped connection
+                status, body = type(e).__name__, str(e)[:300]
+            self.log.append((t0, time.time(), status, body))
+
+    def __enter__(self) -> "Load":
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(timeout=self.timeout_s + 5)
+
+
+@pytest.fixture
+def serving(cluster):
+    """Serve on the cluster for one test; afterwards Serve is shut down and every node is back."""
+    yield cluster
+    serve_shutdown(cluster)
+    for name in ("serve-0", "serve-1"):
+        if name not in cluster.nodes:
+            cluster.add("serve", name=name)
+    cluster.wait_nodes(7)
+
+
+def test_serve_node_lost_under_load_then_no_replica_is_a_503(serving, tmp_path):
+    """Two replicas on the two serve nodes, 16 clients. SIGKILL serve-1: requests in flight there may
+    fail, then the service answers again (on serve-0) within a bound measured here; no request
+    outlives its timeout. Then serve-0 goes too: the ingress (on the head) answers 503 naming why."""
+    from sbs.serve.sample_models import make_export
+
+    cluster = serving
+    export = make_export(tmp_path / "svamp", "svamp", "standard", kind="tiny-t5", max_input_length=64)
+    port = free_ports(1)[0]
+    _deploy(cluster, export, port, "num_replicas=2", "ray_actor_options.resources={serve: 1}", "request_timeout_s=8")
+    url = f"http://127.0.0.1:{port}/v1/predict"
+    with Load(url, 16, timeout_s=20) as load:
+        time.sleep(5)
+        t_kill = time.time()
+        cluster.kill("serve-1")
+        time.sleep(25)
+    after = [x for x in load.log if x[0] >= t_kill]
+    failed = [x for x in after if x[2] != 200]
+    longest = max(x[1] - x[0] for x in load.log)
+    assert [x for x in load.log if x[0] < t_kill and x[2] != 200] == [], "failures before the kill"
+    assert longest < 8 + 5, f"a request took {longest:.1f} s, past the ingress's 8 s timeout"
+    assert all(x[2] in (200, 503) for x in after), {x[2] for x in after}
+    recovered = max((x[1] for x in failed), default=t_kill) - t_kill
+    tail = [x for x in after if x[0] > t_kill + recovered]
+    assert tail and all(x[2] == 200 for x in tail) and recovered < 20, (recovered, failed[:3])
+    print(f"serve node kill under 16 clients: {len(failed)} of {len(after)} requests after the kill failed "
+          f"(503), the last failure {recovered:.1f} s after the kill; longest request {longest:.1f} s; "
+          f"{len(tail)} answered after it")
+
+    cluster.kill("serve-0")
+    import requests
+
+    t0 = time.time()
+    r = requests.post(url, json={"dataset": "svamp", "input": {"problem": "Add 3 and 2."}}, timeout=30)
+    assert r.status_code == 503 and "no replica of student 'svamp' answered within 8 s" in r.text, r.text
+    assert time.time() - t0 < 8 + 5
+    h = requests.get(url.replace("/v1/predict", "/healthz"), timeout=30)
+    assert h.status_code == 503 and "svamp" in h.text, h.text
+
+
+def test_serve_autoscaling_follows_load(serving, tmp_path):
+    """autoscaling_config min 1 / max 3: 16 clients raise the replica count, idleness lowers it."""
+    from sbs.serve.sample_models import make_export
+
+    cluster = serving
+    export = make_export(tmp_path / "svamp", "svamp", "standard", kind="tiny-t5", max_input_length=64)
+    port = free_ports(1)[0]
+    _deploy(cluster, export, port, "num_replicas=null", "autoscaling_config={min_replicas: 1, max_replicas: 3, "
+            "target_ongoing_requests: 1, upscale_delay_s: 1, downscale_delay_s: 4}")
+    timeline: list[tuple[float, int, str]] = []
+    t0 = time.time()
+
+    def sample(phase: str) -> int:
+        n = _replicas(cluster)
+        timeline.append((round(time.time() - t0, 1), n, phase))
+        return n
+
+    with Load(f"http://127.0.0.1:{port}/v1/predict", 16) as load:
+        deadline = time.time() + 90
+        while sample("load") < 3 and time.time() < deadline:
+            time.sleep(1)
+    peak = max(n for _, n, _ in timeline)
+    deadline = time.time() + 90
+    while sample("idle") > 1 and time.time() < deadline:
+        time.sleep(1)
+    print("replicas over time (s, running, phase):", timeline)
+    assert timeline[0][1] == 1 and peak == 3, timeline
+    assert timeline[-1][1] == 1 and timeline[-1][2] == "idle", timeline
+    assert sum(x[2] == 200 for x in load.log) > 0 and all(x[2] == 200 for x in load.log), \
+        {x[2] for x in load.log}
