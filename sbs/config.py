@@ -12,10 +12,10 @@ dataset folder moves as a unit.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 
 T = TypeVar("T", bound="Config")
 
@@ -26,6 +26,17 @@ class ConfigError(ValueError):
 
 class Config(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+def _custom_only(resources: dict[str, float]) -> dict[str, float]:
+    bad = [k for k, v in resources.items() if k in ("CPU", "GPU") or v <= 0]
+    if bad:
+        raise ValueError(f"{bad}: custom resources only, each > 0 (CPUs and GPUs have their own fields)")
+    return resources
+
+
+# Custom Ray resources a stage asks for ({trainer: 1}): work lands only on nodes that advertise them.
+CustomResources = Annotated[dict[str, float], AfterValidator(_custom_only)]
 
 
 def _deep_merge(base: dict, over: dict) -> dict:

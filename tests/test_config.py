@@ -52,3 +52,26 @@ def test_bad_yaml_and_missing_file(tmp_path: Path):
         load_config(Outer, tmp_path / "nope.yaml")
     with pytest.raises(ConfigError, match="key=value"):
         load_config(Outer, None, ["train.lr"])
+
+
+@pytest.mark.parametrize("cls,over,field", [
+    ("student", ["method.name=standard", "scale.resources={CPU: 1}"], "scale.resources"),
+    ("teacher", ["resources={GPU: 1}"], "resources"),
+    ("serve", ["students=[{dataset: esnli, export_dir: x}]", "ray_actor_options.resources={serve: 0}"],
+     "ray_actor_options.resources"),
+    ("serve", ["students=[{dataset: esnli, export_dir: x}]", "ingress.resources={CPU: 2}"], "ingress.resources"),
+])
+def test_placement_resources_are_custom_and_positive(cls, over, field):
+    """Every stage's placement field takes custom Ray resources only; the error names the field."""
+    from sbs.serve.config import ServeConfig
+    from sbs.student.config import StudentTrainConfig
+    from sbs.teacher.config import TeacherConfig
+
+    klass = {"student": StudentTrainConfig, "teacher": TeacherConfig, "serve": ServeConfig}[cls]
+    with pytest.raises(ConfigError, match=rf"config: {field}: .*custom resources only"):
+        load_config(klass, None, over)
+    ok = [o for o in over if "resources" not in o] + [f"{field}={{trainer: 1}}"]
+    node = load_config(klass, None, ok)
+    for part in field.split("."):
+        node = getattr(node, part)
+    assert node == {"trainer": 1.0}  # a custom resource is accepted as given

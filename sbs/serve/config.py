@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from sbs.config import Config
+from sbs.config import Config, CustomResources
 
 LOOPBACK = "127.0.0.1"
 
@@ -51,21 +51,13 @@ class AutoscalingConfig(Config):
 class ActorOptions(Config):
     num_cpus: float = Field(1.0, ge=0, le=512, description="CPUs per student replica (also its torch threads)")
     num_gpus: float = Field(0.0, ge=0, le=16, description="GPUs per student replica (needs device: cuda)")
-    resources: dict[str, float] = Field(default_factory=dict, description="custom Ray resources per replica, "
-                                        "e.g. {serve: 1}: replicas land only on nodes that advertise them")
-
-    @model_validator(mode="after")
-    def _custom_only(self) -> "ActorOptions":
-        bad = [k for k, v in self.resources.items() if k in ("CPU", "GPU") or v <= 0]
-        if bad:
-            raise ValueError(f"ray_actor_options.resources: {bad}: custom resources only, each > 0 "
-                             "(use num_cpus / num_gpus)")
-        return self
+    resources: CustomResources = Field(default_factory=dict, description="custom Ray resources per replica, "
+                                       "e.g. {serve: 1}: replicas land only on nodes that advertise them")
 
 
 class IngressConfig(Config):
     num_replicas: int = Field(1, ge=1, le=100, description="replicas of the HTTP ingress (validation + routing)")
-    resources: dict[str, float] = Field(default_factory=dict, description="custom Ray resources per ingress "
+    resources: CustomResources = Field(default_factory=dict, description="custom Ray resources per ingress "
                                         "replica, e.g. {head: 1}: keep it off the nodes that may go away")
     num_cpus: float = Field(0.0, ge=0, le=64,
                             description="CPUs reserved per ingress replica (0: it only validates and routes, so it "

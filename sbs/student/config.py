@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from sbs.config import Config, ConfigError, load_config
+from sbs.config import Config, ConfigError, CustomResources, load_config
 from sbs.export import Method, Prefixes
 
 ModelKindOpt = Literal["auto", "seq2seq", "encoder_decoder", "causal"]
@@ -102,7 +102,7 @@ class ScaleConfig(Config):
     num_workers: int = Field(1, ge=1, description="Ray Train workers")
     cpus_per_worker: int = Field(1, ge=1, description="CPUs per worker; also its torch thread count")
     use_gpu: bool = Field(False, description="one GPU per worker (NCCL backend)")
-    resources: dict[str, float] = Field(default_factory=dict, description="custom Ray resources each worker "
+    resources: CustomResources = Field(default_factory=dict, description="custom Ray resources each worker "
                                         "also needs, e.g. {trainer: 1}: the workers land only on nodes that "
                                         "advertise them (cluster/*.yaml node types; sbs local-cluster roles)")
     accelerator_type: str | None = Field(None, min_length=1, description="GPU type every worker must run on "
@@ -110,10 +110,6 @@ class ScaleConfig(Config):
 
     @model_validator(mode="after")
     def _accelerator_needs_gpu(self) -> "ScaleConfig":
-        bad = [k for k, v in self.resources.items() if k in ("CPU", "GPU") or v <= 0]
-        if bad:
-            raise ValueError(f"scale.resources: {bad}: custom resources only, each > 0 (CPU and GPU come from "
-                             "cpus_per_worker and use_gpu)")
         if self.accelerator_type and not self.use_gpu:
             raise ValueError(f"scale.accelerator_type={self.accelerator_type} needs scale.use_gpu=true (or drop it)")
         return self

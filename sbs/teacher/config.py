@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from sbs.config import Config
+from sbs.config import Config, CustomResources
 
 
 class PromptConfig(Config):
@@ -114,7 +114,7 @@ class TeacherConfig(Config):
     num_actors: int = Field(1, ge=1, description="teacher actors in the Ray Data actor pool")
     num_cpus_per_actor: float = Field(1.0, gt=0, description="CPUs reserved per actor (also its torch threads)")
     num_gpus_per_actor: float = Field(0.0, ge=0, description="GPUs per actor (0 = CPU)")
-    resources: dict[str, float] = Field(default_factory=dict, description="custom Ray resources each teacher "
+    resources: CustomResources = Field(default_factory=dict, description="custom Ray resources each teacher "
                                         "actor also needs, e.g. {teacher: 1}: actors land only on nodes that "
                                         "advertise them (hf/openai/replay; vLLM engines are placed by "
                                         "vllm.accelerator_type)")
@@ -129,10 +129,6 @@ class TeacherConfig(Config):
 
     @model_validator(mode="after")
     def _checks(self) -> "TeacherConfig":
-        bad = [k for k, v in self.resources.items() if k in ("CPU", "GPU") or v <= 0]
-        if bad:
-            raise ValueError(f"resources: {bad}: custom resources only, each > 0 (use num_cpus_per_actor / "
-                             "num_gpus_per_actor)")
         if self.source == "file" and not self.input_path:
             raise ValueError("source=file needs input_path")
         return self
