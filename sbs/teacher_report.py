@@ -54,7 +54,7 @@ def _paper_anli(output: str) -> str:
 
 
 def _paper_correct(label: str, ex: Example, dataset: str) -> bool:
-    if dataset == "svamp":  # eval() of both equations there; our safe evaluator here, equality exact
+    if dataset == "svamp":  # the paper evaluates both equations with Python; we use sbs.arith, equality exact
         p, g = try_evaluate(label), try_evaluate(ex.label)
         return p is not None and p == g
     return label == ex.label

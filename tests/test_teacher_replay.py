@@ -1,6 +1,7 @@
 """Replay teacher through the whole pipeline on SVAMP, output schema, and the self-consistency
 vote. The recorded PaLM outputs must come out exactly as the dataset parser reads them."""
 import json
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -46,6 +47,10 @@ def test_replay_svamp_reproduces_the_parser_exactly(ray_local, tmp_path):
     assert stats["accepted"] == n_ok and stats["counts_add_up"] and stats["examples_in"] == len(examples)
     assert stats["teacher_accuracy"] == pytest.approx(correct / len(examples))
     assert stats["exemplar_ids"] == []  # replay ignores our prompt: nothing to hold out
+    run = (tmp_path / "r" / "run.json").read_text()
+    # the output dir names its input portably: it resumes after the checkout or package moves
+    assert json.loads(run)["input"] == "sbs/data/svamp/train.parquet", run
+    assert str(Path(__file__).resolve().parents[1]) not in run
 
 
 @pytest.mark.parametrize("change", ["sampling.temperature=0.7", "sampling.max_tokens=64", "sampling.seed=3",

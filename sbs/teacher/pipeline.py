@@ -44,12 +44,13 @@ def resolve_source(cfg: TeacherConfig, ds: TaskDataset, out: Path) -> InputSourc
         p = Path(cfg.input_path or "")
         if not p.is_file():
             raise FileNotFoundError(f"input_path: {p} not found")
-        return InputSource(str(p.resolve()), "shipped" if has_shipped_layout else "examples", parquet_rows(p))
+        return InputSource(str(p.resolve()), "shipped" if has_shipped_layout else "examples", parquet_rows(p),
+                           str(cfg.input_path))
     if cfg.source == "shipped" and has_shipped_layout:
         if cfg.split not in ds.splits():
             ds.load(cfg.split)  # raises SplitUnavailable with the dataset's own hint
         p = data_dir() / ds.name / f"{cfg.split}.parquet"
-        return InputSource(str(p), "shipped", parquet_rows(p))
+        return InputSource(str(p), "shipped", parquet_rows(p), f"sbs/data/{ds.name}/{cfg.split}.parquet")
     snap = out / "_input" / "examples.parquet"
     if not snap.is_file():
         mirror = cfg.hub_data_files.get(cfg.split) if cfg.source == "hub" else None
@@ -59,7 +60,7 @@ def resolve_source(cfg: TeacherConfig, ds: TaskDataset, out: Path) -> InputSourc
         pq.write_table(pa.Table.from_pylist([{"id": e.id, "input": e.input, "label": e.label, "fields": json.dumps(
             e.fields, ensure_ascii=False), "teacher": e.teacher} for e in exs]), tmp)
         tmp.replace(snap)
-    return InputSource(str(snap), "examples", parquet_rows(snap))
+    return InputSource(str(snap), "examples", parquet_rows(snap), "<out>/_input/examples.parquet")
 
 
 @dataclass
@@ -261,7 +262,7 @@ def _fingerprint(cfg: TeacherConfig, dataset: TaskDataset, source: InputSource, 
     teacher output (the whole sampling and prompt sections included), so shards from two different
     teachers never mix. Keys are config field paths, so a refusal names the fields that differ
     (`dataset` is the dataset's name: a generic dataset's YAML may move)."""
-    return {"dataset": dataset.name, "split": cfg.split, "source": cfg.source, "input": source.path, "rows": n,
+    return {"dataset": dataset.name, "split": cfg.split, "source": cfg.source, "input": source.name, "rows": n,
             "hub_data_files": cfg.hub_data_files.get(cfg.split) if cfg.source == "hub" else None,
             "shard_size": cfg.shard_size, "backend": backend.describe(),
             **{f"prompt.{k}": v for k, v in cfg.prompt.model_dump(mode="json").items()},

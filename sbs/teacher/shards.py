@@ -38,6 +38,9 @@ class InputSource:
     path: str
     fmt: str
     rows: int
+    # how run.json names the input: not the absolute path, so an output dir (and its resume)
+    # moves with the checkout or the installed package
+    name: str = ""
 
 
 @dataclass(frozen=True)
