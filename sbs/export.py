@@ -47,6 +47,8 @@ class ExportMeta(Config):
     max_input_length: int = Field(512, gt=0)
     max_label_length: int = Field(32, gt=0)
     max_rationale_length: int = Field(128, gt=0)
+    show_choices: bool = Field(True, description="the input lists the answer choices (CQA); false: the "
+                               "question alone (data.show_choices)")
     run_name: str = ""
     created: float = Field(default_factory=time.time)
     metrics: dict[str, Any] = Field(default_factory=dict)

@@ -80,7 +80,9 @@ def actors_by_role(c: LocalCluster, class_part: str) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for a in list_actors(address=c.dashboard_url, detail=True, limit=10000):
         if class_part in (a.class_name or ""):
-            out.setdefault(roles.get(a.node_id, "?"), []).append(a.state)
+            # an actor that died before it was placed (e.g. a replacement the stage no longer needed) has no node
+            role = roles.get(a.node_id, "?") if a.node_id else "unplaced"
+            out.setdefault(role, []).append(a.state)
     return out
 
 
@@ -218,8 +220,9 @@ def test_teacher_node_lost_mid_stage_every_id_once(cluster, tmp_path, tiny_teach
     stats = json.loads((out / "stats.json").read_text())
     assert stats["examples_in"] == 40 == stats["accepted"] + stats["rejected"]
     actors = actors_by_role(cluster, "MapWorker")
-    # 2 on the teacher nodes (+ restarts), and the one that was on teacher-1 when it was killed
-    assert set(actors) <= {"teacher", "killed"} and len(actors["teacher"]) >= 2, actors
+    # 2 on the teacher nodes (+ restarts), the one that was on teacher-1 when it was killed, and any
+    # replacement Ray Data asked for and dropped before it was placed: never one on another role's node
+    assert set(actors) <= {"teacher", "killed", "unplaced"} and len(actors["teacher"]) >= 2, actors
     print(f"teacher node kill: {landed} ids landed before, first run rc={first_rc}, 40/40 ids exactly once")
 
 

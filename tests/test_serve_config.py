@@ -210,3 +210,21 @@ def test_builder_args_merge_into_the_file_section_by_section(tmp_path: Path):
     f.write_text(yaml.safe_dump({"students": [STUDENT], "batching": {"max_batch_size": 8, "batch_wait_timeout_s": 0.5}}))
     cfg = config_from_args({"config": str(f), "batching": {"max_batch_size": 4}, "overrides": ["port=8123"]})
     assert (cfg.batching.max_batch_size, cfg.batching.batch_wait_timeout_s, cfg.port) == (4, 0.5, 8123)
+
+
+def test_ingress_renders_the_input_the_student_was_trained_on(tmp_path):
+    """A CQA student trained with data.show_choices=false reads the question alone over HTTP too
+    (the export's meta says so); one trained with the choices listed reads them."""
+    from sbs.export import ExportMeta
+    from sbs.serve.app import InputGate
+    from sbs.serve.config import StudentSpec
+
+    rec = {"question": "Where is milk kept cold?", "choices": ["oven", "fridge"]}
+    texts = {}
+    for show in (True, False):
+        out = make_export(tmp_path / str(show), "cqa", "standard", kind="tiny-t5")
+        m = ExportMeta.read(out)
+        m.model_copy(update={"show_choices": show}).write(out)
+        texts[show] = InputGate(StudentSpec(dataset="cqa", export_dir=str(out))).to_text("input", rec)
+    assert texts[False] == "Question: Where is milk kept cold?"
+    assert "Answer Choices:" in texts[True] and "(b) fridge" in texts[True]

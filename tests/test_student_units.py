@@ -187,6 +187,7 @@ def test_global_batch_is_invariant_to_worker_count():
     (["train.offload=optimizer", "train.zero_stage=0"], "train.offload"),
     (["train.offload=optimizer+params", "train.zero_stage=2"], "train.offload"),
     (["train.offload=optimizer", "train.engine=ddp"], "train.offload"),
+    (["train.select_by=best"], "train.select_by"),
 ])
 def test_config_errors_name_the_field(over, field):
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
@@ -200,6 +201,63 @@ def test_data_errors_name_the_field(tmp_path):
         build_rows(cfg(tmp_path, "method.name=multitask"))
     with pytest.raises(ConfigError, match=r"data\.dataset"):
         build_rows(cfg(None, "method.name=standard", "data.dataset=nope"))
+
+
+def test_show_choices_false_trains_validates_and_exports_the_question_alone(tmp_path):
+    """data.show_choices=false (CQA): the training rows, the validation inputs and the export's meta all
+    use the question alone, one rendering (TaskDataset.student_text); datasets without listed choices,
+    and choice selection on open answers, are config errors naming the field."""
+    from sbs.datasets import get_dataset
+    from sbs.student.data import valid_examples
+    from sbs.student.loop import make_meta
+
+    cqa = get_dataset("cqa")
+    shown = build_rows(cfg(None, "data.dataset=cqa"))
+    alone = build_rows(cfg(None, "data.dataset=cqa", "data.show_choices=false", "train.select_by=choices"))
+    assert [r["id"] for r in shown.train] == [r["id"] for r in alone.train]
+    ex = {e.id: e for e in cqa.load("train")}
+    for a, b in zip(shown.train[:50], alone.train[:50]):
+        e = ex[a["id"]]
+        assert a["input"] == e.input and "Answer Choices:" in a["input"] and e.fields["choices"][0] in a["input"]
+        assert b["input"] == "Question: " + e.fields["question"].strip() and "Answer Choices" not in b["input"]
+    c = cfg(None, "data.dataset=cqa", "data.show_choices=false")
+    assert make_meta(c, "causal").show_choices is False and make_meta(cfg(None, "data.dataset=cqa"), "causal").show_choices
+    v = valid_examples(c, alone.valid_ids[:3], alone.valid_split)
+    assert cqa.student_text(v[0].fields, False).startswith("Question: ")
+    rec = {"question": "Where is milk kept cold?", "choices": ["oven", "fridge"]}
+    assert cqa.format_input(rec, show_choices=False) == "Question: Where is milk kept cold?"
+    assert "(b) fridge" in cqa.format_input(rec)
+    with pytest.raises(ConfigError, match=r"data\.show_choices.*svamp"):
+        build_rows(cfg(None, "data.show_choices=false"))
+    with pytest.raises(ConfigError, match=r"train\.select_by=choices.*svamp"):
+        build_rows(cfg(None, "train.select_by=choices"))
+
+
+def test_select_by_choices_scores_validation_by_ranking_the_choices():
+    """train.select_by=choices: validation accuracy is that of choice scoring (the candidate the label
+    task finds most likely), the same number `sbs eval --decoding choices` gives on those examples."""
+    from sbs.datasets import get_dataset
+    from sbs.predict import Student
+    from sbs.student.evaluate import candidates_for
+    from sbs.student.loop import make_meta, validate
+
+    model, tok, kind = build_student(ModelConfig(name="tiny-gpt2"))
+    ds = get_dataset("cqa")
+    exs = ds.load("test", limit=12)
+    accs = {}
+    for by in ("generate", "choices"):
+        c = cfg(None, "model.name=tiny-gpt2", "data.dataset=cqa", f"train.select_by={by}", "data.show_choices=false")
+        m = make_meta(c, kind)
+        acc = validate(model, tok, m, exs, c, 0, 1, torch.device("cpu"))
+        st = Student(model, tok, m)
+        preds = st.predict([ds.student_text(e.fields, False) for e in exs], batch_size=c.train.eval_batch,
+                           candidates=candidates_for(ds, exs) if by == "choices" else None)
+        want = sum(ds.score(p.label, e) for p, e in zip(preds, exs)) / len(exs)
+        assert acc == pytest.approx(want)
+        accs[by] = acc
+        if by == "choices":
+            assert all(p.label in e.fields["choices"] for p, e in zip(preds, exs))
+    assert accs["choices"] != accs["generate"], accs  # (0.083 vs 0.0 for this seeded random model)
 
 
 def test_every_shipped_student_config_loads():

@@ -118,9 +118,14 @@ class TaskDataset:
     hub_splits: ClassVar[dict[str, str]] = {}  # our split name -> hub split name
     exemplar_markers: ClassVar[tuple[str, ...]] = ("Q:",)
     licence: ClassVar[str] = ""
+    lists_choices: ClassVar[bool] = False  # the student input lists each example's answer choices (CQA)
 
     # ---- hooks -------------------------------------------------------------------------------
     def student_input(self, fields: dict[str, Any]) -> str:
+        raise NotImplementedError
+
+    def input_without_choices(self, fields: dict[str, Any]) -> str:
+        """The student input with its answer choices left out (datasets that list them)."""
         raise NotImplementedError
 
     def _from_shipped(self, row: dict[str, Any]) -> Example:
@@ -176,8 +181,18 @@ class TaskDataset:
         """Type check of one input field; text by default."""
         return isinstance(value, str)
 
-    def format_input(self, record: dict[str, Any]) -> str:
-        return self.student_input(self.check_fields(record))
+    def format_input(self, record: dict[str, Any], show_choices: bool = True) -> str:
+        return self.student_text(self.check_fields(record), show_choices)
+
+    def student_text(self, fields: dict[str, Any], show_choices: bool = True) -> str:
+        """What a student reads for these fields (training, validation, eval and serving alike).
+        `show_choices=False` leaves the listed answer choices out (CQA): a pretrained causal LM's
+        own prior then ranks them (choice scoring); free generation has nothing to copy from."""
+        if show_choices:
+            return self.student_input(fields)
+        if not self.lists_choices:
+            raise ValueError(f"show_choices=false: {self.name}'s student input lists no answer choices")
+        return self.input_without_choices(fields)
 
     def splits(self) -> tuple[str, ...]:
         return self.shipped_splits

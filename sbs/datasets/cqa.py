@@ -36,6 +36,7 @@ class Cqa(TaskDataset):
     hub_args = ("v1.11",)
     hub_splits = {"train": "train", "test": "validation"}
     exemplar_markers = ("Q:",)
+    lists_choices = True
     licence = "CoS-E: BSD-3-Clause; CommonsenseQA: see its authors"
 
     def _field_ok(self, name: str, value: Any) -> bool:
@@ -58,6 +59,9 @@ class Cqa(TaskDataset):
         lines = [str(fields["question"]).strip(), "Answer Choices:"]
         lines += [f"({LETTERS[i]}) {c}" for i, c in enumerate(fields["choices"])]
         return "\n".join(lines)
+
+    def input_without_choices(self, fields: dict[str, Any]) -> str:
+        return "Question: " + str(fields["question"]).strip()
 
     def _from_shipped(self, row: dict[str, Any]) -> Example:
         f = {"question": row["question"], "choices": list(row["choices"])}

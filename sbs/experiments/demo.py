@@ -101,8 +101,11 @@ def step_gemma(out: Path, n: int) -> dict[str, Any]:
 
 
 def train_overrides(out: Path, steps: int) -> list[str]:
-    """The demo's student: Gemma 3 270M + LoRA, multi-task, one 2-CPU worker, ZeRO-0 (one worker)."""
+    """The demo's student: Gemma 3 270M + LoRA, multi-task, one 2-CPU worker, ZeRO-0 (one worker). It
+    reads the question alone (data.show_choices=false) and is selected by choice scoring: the layout
+    in which the pretrained model's own knowledge ranks the choices (docs/results.md, sweep 5)."""
     return ["model.name=gemma3-270m", "model.lora_r=16", "method.name=multitask", f"data.dataset={DATASET}",
+            "data.show_choices=false", "train.select_by=choices",
             f"data.rationales={out / 'rationales' / DATASET}", f"train.steps={steps}",
             f"train.eval_every={max(1, steps // 2)}", "train.global_batch=16", "train.micro_batch=16",
             "train.lr=3e-4", "train.warmup_steps=4", "train.zero_stage=0", "data.valid_limit=60",
@@ -144,7 +147,8 @@ def step_untrained(out: Path, limit: int) -> dict[str, Any]:
 
     model, tok, kind = build_student(ModelConfig(name="gemma3-270m"))
     student = Student(model, tok, ExportMeta(method="standard", dataset=DATASET, model_kind=kind,
-                                             base_model="gemma3-270m", max_input_length=128, max_label_length=16))
+                                             base_model="gemma3-270m", max_input_length=128, max_label_length=16,
+                                             show_choices=False))
     with _all_cores():
         res = evaluate(out / "untrained", split="test", limit=limit, student=student, decoding="choices")
     write_results(res, out / "eval_untrained_choices.json")
@@ -267,10 +271,11 @@ def run(args: argparse.Namespace) -> int:
     for r in steps.rows:
         say(f"{r['step'].ljust(w)}  {r['seconds']:>6.0f}s")
     if "student_generate" in facts:
-        say(f"\nCQA test, {facts['n']} questions, label-only: the student {100 * facts['student_generate']:.1f}% "
-            f"(free generation), {100 * facts['student_choices']:.1f}% (choice scoring); the untrained model "
-            f"{100 * facts.get('untrained_choices', float('nan')):.1f}% (choice scoring); the PaLM 540B teacher "
-            f"{100 * facts.get('teacher_accuracy', float('nan')):.1f}%; chance 20.0% (5 choices)")
+        say(f"\nCQA test, {facts['n']} questions, label-only, choice scoring: the student "
+            f"{100 * facts['student_choices']:.1f}%, the same model untrained "
+            f"{100 * facts.get('untrained_choices', float('nan')):.1f}%; the PaLM 540B teacher "
+            f"{100 * facts.get('teacher_accuracy', float('nan')):.1f}%; chance 20.0% (5 choices). Free generation "
+            f"{100 * facts['student_generate']:.1f}% (the student reads the question alone: no choices to copy)")
     say(f"wall time {time.time() - steps.t0:.0f}s; everything is under {out}:")
     for r in steps.rows:
         say(f"  {r['written']}")

@@ -93,7 +93,7 @@ class InputGate:
             return example
         if isinstance(example, dict):
             try:
-                return self.dataset.format_input(example)
+                return self.dataset.format_input(example, self.meta.show_choices)
             except InputError as e:
                 raise ClientError(422, str(e), field) from None
         raise ClientError(422, f"must be an object with fields {fields} or a string of student input text, "

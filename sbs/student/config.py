@@ -63,6 +63,9 @@ class DataConfig(Config):
     max_input_length: int = Field(128, ge=8, le=8192, description="student input tokens (truncated)")
     max_label_length: int = Field(32, ge=2, le=1024, description="label target tokens")
     max_rationale_length: int = Field(128, ge=2, le=4096, description="rationale target tokens")
+    show_choices: bool = Field(True, description="the student input lists the answer choices (CQA, as in the "
+                               "paper); false: the question alone, so a pretrained causal student's own prior "
+                               "ranks the choices (--decoding choices); saved with the model")
 
 
 class MethodConfig(Config):
@@ -94,6 +97,9 @@ class TrainConfig(Config):
         "DeepSpeed's CPU Adam), or also the parameters (ZeRO-Infinity, stage 3); docs/capacity.md says when")
     eval_every: int = Field(50, ge=1, description="evaluate, checkpoint and report every N steps (and at the end)")
     eval_batch: int = Field(32, ge=1, description="generation batch for validation")
+    select_by: Literal["generate", "choices"] = Field("generate", description="validation accuracy that picks "
+                                                      "the exported checkpoint: free generation (the paper's "
+                                                      "metric) or choice scoring (closed answer sets)")
     log_every: int = Field(10, ge=1, description="print the training loss every N steps (rank 0)")
     seed: int = Field(0, description="seed of data order and dropout")
 

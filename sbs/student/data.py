@@ -38,9 +38,16 @@ class StudentData:
 
 def load_dataset(cfg: StudentTrainConfig) -> TaskDataset:
     try:
-        return get_dataset(cfg.data.dataset)
+        ds = get_dataset(cfg.data.dataset)
     except KeyError as e:
         raise ConfigError(f"data.dataset: {e.args[0]}") from None
+    if not cfg.data.show_choices and not ds.lists_choices:
+        raise ConfigError(f"data.show_choices=false: {ds.name}'s student input lists no answer choices "
+                          "(only datasets with per-example choices, e.g. cqa)")
+    if cfg.train.select_by == "choices" and ds.label_space is None and not ds.lists_choices:
+        raise ConfigError(f"train.select_by=choices: {ds.name} has open answers (no label space or choices "
+                          "to rank); use generate")
+    return ds
 
 
 def load_split(ds: TaskDataset, split: str, field_name: str, source: str = "shipped",
@@ -123,7 +130,7 @@ def build_rows(cfg: StudentTrainConfig) -> StudentData:
         if needs_teacher and t is None:
             dropped += 1
             continue
-        rows.append({"id": e.id, "input": e.input, "label": t["label"] if source == "teacher" else e.label,
+        rows.append({"id": e.id, "input": ds.student_text(e.fields, d.show_choices), "label": t["label"] if source == "teacher" else e.label,
                      "rationale": t["rationale"] if t and method in NEEDS_RATIONALE else ""})
     if not rows:
         raise ConfigError(f"data: no training rows left for method {method!r} ({len(picked)} examples, "

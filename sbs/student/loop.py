@@ -40,7 +40,8 @@ def make_meta(cfg: StudentTrainConfig, kind: str) -> ExportMeta:
                       input_fields=list(ds.input_fields), base_model=cfg.model.name,
                       prefixes=cfg.method.prefixes, max_input_length=cfg.data.max_input_length,
                       max_label_length=cfg.data.max_label_length,
-                      max_rationale_length=cfg.data.max_rationale_length, run_name=cfg.run.name)
+                      max_rationale_length=cfg.data.max_rationale_length, show_choices=cfg.data.show_choices,
+                      run_name=cfg.run.name)
 
 
 def deepspeed_config(cfg: StudentTrainConfig) -> dict[str, Any]:
@@ -137,6 +138,7 @@ def validate(module: Any, tok: Any, meta: ExportMeta, examples: list[Any], cfg: 
     """Label-only accuracy on the validation set, each rank scoring a strided slice."""
     from sbs.datasets import get_dataset
     from sbs.predict import Student
+    from sbs.student.evaluate import candidates_for
 
     mine = examples[rank::world]
     real = len(mine)
@@ -144,8 +146,10 @@ def validate(module: Any, tok: Any, meta: ExportMeta, examples: list[Any], cfg: 
     if zero3:  # every rank must run the same generate calls and decode steps (parameters are sharded)
         mine = mine + [examples[0]] * (math.ceil(len(examples) / world) - real)
     student = Student(module, tok, meta, str(device), generate_kwargs={"synced_gpus": True} if zero3 else None)
-    preds = student.predict([e.input for e in mine], batch_size=cfg.train.eval_batch)
     ds = get_dataset(cfg.data.dataset)
+    cands = candidates_for(ds, mine) if cfg.train.select_by == "choices" else None
+    preds = student.predict([ds.student_text(e.fields, meta.show_choices) for e in mine],
+                            batch_size=cfg.train.eval_batch, candidates=cands)
     correct = sum(ds.score(p.label, e) for p, e in zip(preds[:real], mine[:real]))
     module.train()
     c, n = _all_sum([float(correct), float(real)], world)
