@@ -96,7 +96,7 @@ def student_step(args: argparse.Namespace, device: torch.device) -> dict[str, An
     for name, tasks in (("standard", ("label",)), ("multitask", ("label", "rationale"))):
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        r = timed(lambda: step(tasks), device, args.steps, args.warmup)
+        r = timed(lambda tasks=tasks: step(tasks), device, args.steps, args.warmup)
         r["examples_per_s"] = round(args.batch / r["median_s"], 1)
         if device.type == "cuda":
             r["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
