@@ -158,11 +158,13 @@ def step_untrained(out: Path, limit: int) -> dict[str, Any]:
 
 
 def step_eval(out: Path, limit: int) -> dict[str, Any]:
+    from sbs.predict import Student
     from sbs.student.evaluate import evaluate, write_results
 
     with _all_cores():
-        gen = evaluate(out / "student", split="test", limit=limit)
-        ch = evaluate(out / "student", split="test", limit=limit, decoding="choices")
+        student = Student.load(out / "student")  # once for both decodings
+        gen = evaluate(out / "student", split="test", limit=limit, student=student)
+        ch = evaluate(out / "student", split="test", limit=limit, decoding="choices", student=student)
     write_results(gen, out / "eval_test.json")
     write_results(ch, out / "eval_test_choices.json")
     return {"summary": f"label-only test accuracy {gen['accuracy']:.3f} (free generation), {ch['accuracy']:.3f} "
