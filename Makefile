@@ -8,8 +8,8 @@ TORCH_CPU ?= torch==2.13.0
 # The Ray both environments run (the vLLM teacher test drives sbs's Ray Data pipeline in .venv-vllm):
 # one pin, so the two can be built side by side (`make test` builds them with -j2).
 RAY_VERSION ?= 2.60.0
-# DeepSpeed's C++ ops are JIT-built once per user into torch's own cache (~/.cache/torch_extensions,
-# or TORCH_EXTENSIONS_DIR when set), not once per checkout: Ray Train workers are given the driver's.
+# One JIT cache for DeepSpeed's C++ ops, so a run compiles them once, not once per test.
+export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,10 @@ import pytest
 from sbs.cli import main as sbs_main
 from sbs.student.config import load_train_config
 from sbs.student.recorded import write_accepted
+
+ROOT = Path(__file__).resolve().parents[1]
+# One DeepSpeed JIT cache for the whole test run (the Makefile exports the same path).
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions"))
 
 pytestmark = pytest.mark.slow
 
