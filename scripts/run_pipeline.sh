@@ -21,6 +21,10 @@
 #   --placement / --no-placement   ask for the custom resources of cluster/*.yaml so each driver lands on
 #                             its node type: {"teacher": 1} for rationales, {"trainer": 1} for train and eval
 #   --only STAGE[,STAGE]      run only these stages (rationales, train, eval, serve)
+#   --working-dir DIR|URI     each job's working_dir (default: the repository root, uploaded per job).
+#                             local:///abs/path: every node already has this checkout at that path (one
+#                             machine's multi-node cluster, a container image): used in place, nothing
+#                             uploaded or unpacked (docs/cluster.md says why a one-machine cluster needs it)
 #   --dry-run                 print the commands instead of submitting
 # Environment: RAY_ADDRESS (required), RAY (the ray executable, default `ray`), RAY_AUTH_MODE /
 #   RAY_AUTH_TOKEN when the cluster uses token auth (docs/cluster.md).
@@ -34,7 +38,7 @@ declare -A JOB=([rationales]=jobs/generate_rationales.py [train]=jobs/train_stud
                 [eval]=jobs/evaluate_student.py [serve]=jobs/serve_student.py)
 declare -A MAIN=()                                 # stage -> its config (or export dir for eval)
 declare -a ARGS_rationales=() ARGS_train=() ARGS_eval=() ARGS_serve=()
-placement="" only="" dry_run=0
+placement="" only="" dry_run=0 working_dir=.
 
 die() { echo "run_pipeline: $*" >&2; exit 2; }
 need() { [[ $# -ge 2 && -n "$2" ]] || die "$1 needs a value"; }
@@ -67,7 +71,8 @@ while [[ $# -gt 0 ]]; do
     --no-placement) placement=0; shift ;;
     --only) need "$@"; only=",$2,"; shift 2 ;;
     --dry-run) dry_run=1; shift ;;
-    -h|--help) sed -n '2,28p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    --working-dir) need "$@"; working_dir="$2"; shift 2 ;;
+    -h|--help) sed -n '2,31p' "${BASH_SOURCE[0]}"; exit 0 ;;
     *) die "unknown argument '$1' (see --help)" ;;
   esac
 done
@@ -78,6 +83,9 @@ if [[ -n "$only" ]]; then
 fi
 
 cd "$ROOT"
+if [[ "$working_dir" == local://* ]]; then
+  [[ -d "${working_dir#local://}" ]] || die "--working-dir: ${working_dir#local://} is not a directory here"
+fi
 # Check every selected stage before submitting the first: a typo must not surface hours later.
 selected=()
 for stage in "${STAGES[@]}"; do
@@ -91,7 +99,7 @@ done
 
 for stage in "${selected[@]}"; do
   declare -n extra="ARGS_$stage"
-  cmd=("$RAY" job submit --address "$RAY_ADDRESS" --working-dir .
+  cmd=("$RAY" job submit --address "$RAY_ADDRESS" --working-dir "$working_dir"
        --submission-id "sbs-$stage-$(date -u +%Y%m%d-%H%M%S)-$$")
   if [[ "$placement" == 1 ]]; then
     read -r -a flags <<< "$(placement_flags "$stage")"

@@ -468,7 +468,8 @@ def test_pipeline_script_rejects_bad_input_before_submitting():
     env = dict(os.environ, RAY_ADDRESS="http://127.0.0.1:1")
     for args, msg in ((["--teacher", "configs/teacher/nope.yaml"], "not found"),
                       (["--profile", "cluster", "--only", "trian"], "unknown stage"),
-                      (["--bogus"], "unknown argument"), ([], "no stage to run")):
+                      (["--bogus"], "unknown argument"), ([], "no stage to run"),
+                      (["--profile", "cluster", "--working-dir", "local:///no/such/dir"], "not a directory")):
         r = subprocess.run(script + args + ["--dry-run"], env=env, capture_output=True, text=True, timeout=60)
         assert r.returncode == 2 and msg in r.stderr, (args, r.stderr)
     env.pop("RAY_ADDRESS")

@@ -117,7 +117,11 @@ def pipeline_args(work: Path, port: int) -> tuple[list[str], list[str]]:
              f"run.storage_path={work / 'runs'}", "run.name=placed", f"run.export_dir={export}"]
     serve = [f"port={port}", f"students=[{{dataset: svamp, export_dir: {export}}}]", "num_replicas=2",
              "ray_actor_options.resources={serve: 1}", "ingress.resources={head: 1}"]
-    return ["--teacher", "configs/teacher/svamp.yaml", "--teacher-arg", "limit=24", "--teacher-arg", f"out={teacher}",
+    # local://: every node of this one-machine cluster has the checkout at ROOT. Uploaded instead, each
+    # node's runtime-env agent unpacks the package into the one shared session dir with an rmtree
+    # first (Ray 2.60 working_dir.py, overwrite=True) while other nodes' processes import from it
+    # (seen: "No module named 'sbs.teacher.backends.replay'"; docs/cluster.md).
+    return ["--working-dir", f"local://{ROOT}", "--teacher", "configs/teacher/svamp.yaml", "--teacher-arg", "limit=24", "--teacher-arg", f"out={teacher}",
             "--teacher-arg", "resources={teacher: 1}", "--teacher-arg", "progress=false",
             "--train", "configs/student/svamp_multitask.yaml", *[a for o in train for a in ("--train-arg", o)],
             "--eval", str(export), "--eval-arg", "--split=test", "--eval-arg", "--limit=8",
@@ -134,10 +138,8 @@ def test_pipeline_across_nodes_through_ray_job_submit(cluster, tmp_path):
     r = pipeline(cluster, *args)
     assert r.returncode == 0, (r.stdout[-4000:], r.stderr[-2000:])
     for stage in ("rationales", "train", "eval"):
-        assert f"== run_pipeline: {stage}: " in r.stderr and "--working-dir ." in r.stderr
-    # Serve from a driver on the head, not a fourth job: a job started right after another with the
-    # same working_dir package was seen to import from a half-removed copy of it (Ray 2.60 deletes
-    # a finished job's unpacked package while the next one starts on it; docs/cluster.md)
+        assert f"== run_pipeline: {stage}: " in r.stderr and f"--working-dir local://{ROOT}" in r.stderr
+    # Serve from a driver on the head (`sbs serve --detach`), as a user without the Jobs API would
     s = sbs(cluster, "serve", "--config", "configs/serve/students.yaml", "--detach", *serve, timeout=300)
     assert s.returncode == 0, s.stderr[-4000:]
     stats = json.loads((tmp_path / "teacher" / "stats.json").read_text())
