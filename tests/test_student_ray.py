@@ -130,7 +130,7 @@ def test_one_ddp_worker_accumulates_to_the_global_batch(ray_local, work):
 def test_zero3_offload_optimizer_and_params_trains_and_resumes(ray_local, work):
     """ZeRO-Infinity on CPU: ZeRO-3 with optimizer states and parameters offloaded, stepped by
     DeepSpeed's CPU Adam (JIT-built once into TORCH_EXTENSIONS_DIR); then a rerun resumes it."""
-    over = ["train.engine=deepspeed", "train.zero_stage=3", "train.offload=optimizer+params", "train.eval_every=6"]
+    over = ["train.engine=deepspeed", "train.zero_stage=3", "train.offload=optimizer+params", "train.eval_every=3"]
     first = train(tiny(work, "offload", *over, "train.steps=6"))
     m = first.last_metrics
     assert m["step"] == 6 and m["train_loss"] < 0.7 * m["first_train_loss"]
