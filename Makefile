@@ -18,8 +18,11 @@ export OMP_NUM_THREADS ?= 1
 export MKL_NUM_THREADS ?= 1
 export TOKENIZERS_PARALLELISM := false
 export RAY_AUTH_MODE ?= disabled
+# What runs from the venv sees its tools first: DeepSpeed's JIT calls `ninja` from PATH, and a cache
+# one ninja wrote (the venv's 1.13) is rebuilt by another (a system 1.11), about a minute per op.
+RUN := PATH="$(CURDIR)/$(VENV)/bin:$$PATH"
 
-.PHONY: install vllm-env demo test bench clean
+.PHONY: install vllm-env ds-ops demo test bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,18 +49,24 @@ $(VLLM_VENV)/.installed: pyproject.toml
 
 vllm-env: $(VLLM_VENV)/.installed
 
-demo: install
-	$(VENV)/bin/sbs demo
+# DeepSpeed's C++ ops for this machine (on CPU: the shared-memory all-reduce, CPU Adam), built once
+# into TORCH_EXTENSIONS_DIR (~2 min on 2 cores; a no-op once cached). `make test` overlaps it with
+# the vLLM environment's install.
+ds-ops: install
+	$(RUN) $(PY) -m sbs.student.ds_ops
+
+demo: install ds-ops
+	$(RUN) $(VENV)/bin/sbs demo
 
 # SBS_GEMMA_CONVERT=1: the live Gemma teacher test builds its converted model when missing
 # (about 75 s once per user cache) instead of skipping, so a clean clone tests it too.
 # The two environments are independent: built side by side (about 2.5 min saved on a fresh clone).
 test:
-	$(MAKE) --no-print-directory -j2 install vllm-env
-	SBS_GEMMA_CONVERT=1 $(PY) -m pytest tests -q
+	$(MAKE) --no-print-directory -j2 ds-ops vllm-env
+	$(RUN) SBS_GEMMA_CONVERT=1 $(PY) -m pytest tests -q
 
 bench: install
-	$(VENV)/bin/sbs bench
+	$(RUN) $(VENV)/bin/sbs bench
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) .cache runs outputs

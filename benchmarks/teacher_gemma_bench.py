@@ -183,20 +183,32 @@ def main() -> int:
                  "stop": stop, "prompt_chars_mean": round(statistics.mean(map(len, prompts))),
                  "cpus": a.threads, "machine": os.uname().machine, "ways": {}}
     work = Path(tempfile.mkdtemp(prefix="sbs-teacher-bench-"))
+    # resumable: with --json, each way's figures land as it finishes; a rerun with the same settings
+    # keeps the ways already there and runs the rest
+    res["settings"] = {k: v for k, v in vars(a).items() if k != "ways"}
+    if a.json and Path(a.json).is_file():
+        old = json.loads(Path(a.json).read_text())
+        if all(old.get(k) == v for k, v in res.items() if k != "ways"):
+            res["ways"] = old.get("ways", {})
+            print(f"resuming {a.json}: ways {sorted(res['ways'])} already measured", flush=True)
 
     def show(key: str, r: dict) -> None:
         res["ways"][key] = r
         print(json.dumps(r), flush=True)
+        if a.json:
+            Path(a.json).write_text(json.dumps(res, indent=1))
 
-    if "a" in a.ways:
+    todo = [k for k in a.ways if k not in res["ways"]]
+
+    if "a" in todo:
         n = min(a.loop_examples, len(prompts))
         load, run, texts, n_out = hf_loop(model, prompts[:n], stop, a.max_tokens, 1, a.threads)
         show("a", way("transformers, one at a time", n, load, run, n_out, parsed_share(texts, ex[:n])))
-    if "b" in a.ways:
+    if "b" in todo:
         load, run, texts, n_out = hf_loop(model, prompts, stop, a.max_tokens, a.batch, a.threads)
         show("b", way(f"transformers, batches of {a.batch}", len(prompts), load, run, n_out, parsed_share(texts, ex),
                       batch=a.batch))
-    if "c" in a.ways:
+    if "c" in todo:
         import ray
 
         from sbs.config import load_config
@@ -221,7 +233,7 @@ def main() -> int:
         show("c", way("sbs hf backend, Ray Data pipeline", stats["samples"], startup, wall - startup,
                       stats["tokens_out"], parsed_of(stats),
                       steady_ex_per_s=steady, batch=a.batch, wall_s=round(wall, 1)))
-    if "d" in a.ways:
+    if "d" in todo:
         py = vllm_python(a.vllm_python)
         args = work / "bare_in.json"
         args.write_text(json.dumps({"model": model, "prompts": prompts, "stop": stop, "max_tokens": a.max_tokens}))
@@ -235,7 +247,7 @@ def main() -> int:
         show("d", way("bare vLLM LLM.generate", len(prompts), o["startup_s"], o["run_s"], o["tokens_out"],
                       parsed_share(o["texts"], ex), prefix_cache_hit_rate=o["prefix_cache_hit_rate"],
                       engine_kwargs=o["engine_kwargs"]))
-    if "e" in a.ways:
+    if "e" in todo:
         py = vllm_python(a.vllm_python)
         out = work / "vllm"
         cmd = [str(py), "-m", "sbs.cli", "rationales", "--config", str(ROOT / "configs/teacher/svamp.yaml"),

@@ -390,3 +390,18 @@ def test_sbs_eval_refuses_cuda_without_a_gpu(tmp_path, capsys):
     cli_eval.add_arguments(p)
     assert cli_eval.run(p.parse_args([str(tmp_path), "--device", "cuda", "--dtype", "bfloat16"])) == 2
     assert "--device cuda" in capsys.readouterr().err
+
+
+def test_ds_ops_names_builders_this_deepspeed_has():
+    """`make ds-ops` prebuilds what DeepSpeed's CPU runs JIT-build: each name must be a builder of the
+    CPU accelerator (a renamed one would silently leave the build to the first training run)."""
+    from deepspeed.accelerator.cpu_accelerator import CPU_Accelerator
+
+    from sbs.student import ds_ops
+
+    acc = CPU_Accelerator()
+    assert set(ds_ops.OPS["cpu"]) == {"ShareMemCommBuilder", "CPUAdamBuilder"}
+    for name in ds_ops.OPS["cpu"]:
+        b = acc.create_op_builder(name)
+        assert b is not None and b.is_compatible(verbose=False), name
+    assert ds_ops.main(["--help"]) == 2

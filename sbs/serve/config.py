@@ -40,6 +40,9 @@ class AutoscalingConfig(Config):
                                    "before replicas are added (Serve's default 30 s)")
     downscale_delay_s: float = Field(600.0, ge=0, le=86400, description="load must stay below target this long "
                                      "before replicas are removed (Serve's default 600 s)")
+    look_back_period_s: float = Field(30.0, gt=0, le=3600, description="window the ongoing-request count is "
+                                      "averaged over (Serve's default 30 s); replicas report it every "
+                                      "RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S (10 s)")
 
     @model_validator(mode="after")
     def _order(self) -> "AutoscalingConfig":

@@ -1,0 +1,51 @@
+"""Build DeepSpeed's C++ ops for this machine's accelerator ahead of the first run that needs them.
+
+DeepSpeed JIT-compiles its ops on first use into TORCH_EXTENSIONS_DIR: on CPU the shared-memory
+all-reduce that every DeepSpeed process group loads (about 45 s on 2 cores) and the CPU Adam that
+`train.offload` steps with (about 75 s). Built here once, e.g. by `make test` while the vLLM
+environment installs, a training run finds them cached instead of stalling its workers.
+
+The build runs `ninja` from PATH, and a cache written by one ninja is rebuilt by another (a
+system 1.11 and the venv's 1.13 disagree on the log format): whatever builds or loads the ops
+should see the same PATH (the Makefile puts the venv's bin first).
+
+    python -m sbs.student.ds_ops            # the ops this accelerator's DeepSpeed runs JIT-build
+"""
+from __future__ import annotations
+
+import sys
+import time
+
+# DeepSpeed's builder class names (`accelerator.create_op_builder`), per accelerator.
+OPS = {"cpu": ("ShareMemCommBuilder", "CPUAdamBuilder")}
+
+
+def build(ops: tuple[str, ...] | None = None) -> dict[str, float]:
+    """Load (building when missing) each op; seconds per op."""
+    from deepspeed.accelerator import get_accelerator
+
+    acc = get_accelerator()
+    names = OPS.get(acc.device_name(), ()) if ops is None else ops
+    took = {}
+    for name in names:
+        builder = acc.create_op_builder(name)
+        if builder is None:
+            raise RuntimeError(f"DeepSpeed's {acc.device_name()} accelerator has no op builder {name!r}")
+        t0 = time.perf_counter()
+        builder.load(verbose=False)
+        took[name] = round(time.perf_counter() - t0, 1)
+    return took
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv:
+        print(__doc__.strip().splitlines()[-1].strip(), file=sys.stderr)
+        return 2
+    took = build()
+    print("DeepSpeed ops ready: " + (", ".join(f"{k} {v} s" for k, v in took.items()) or "none to build"))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
