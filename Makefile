@@ -50,8 +50,7 @@ $(VLLM_VENV)/.installed: pyproject.toml
 vllm-env: $(VLLM_VENV)/.installed
 
 # DeepSpeed's C++ ops for this machine (on CPU: the shared-memory all-reduce, CPU Adam), built once
-# into TORCH_EXTENSIONS_DIR (~2 min on 2 cores; a no-op once cached). `make test` overlaps it with
-# the vLLM environment's install.
+# into TORCH_EXTENSIONS_DIR (~2 min on 2 cores; a no-op once cached).
 ds-ops: install
 	$(RUN) $(PY) -m sbs.student.ds_ops
 
@@ -61,9 +60,13 @@ demo: install ds-ops
 # SBS_GEMMA_CONVERT=1: the live Gemma teacher test builds its converted model when missing
 # (about 75 s once per user cache) instead of skipping, so a clean clone tests it too.
 # The two environments are independent: built side by side (about 2.5 min saved on a fresh clone).
+# DeepSpeed's ops build on one core (MAX_JOBS=1) beside the first, single-process tests; the first
+# test that needs one waits for it (torch's build lock). Its output: .cache/ds_ops.log.
 test:
-	$(MAKE) --no-print-directory -j2 ds-ops vllm-env
-	$(RUN) SBS_GEMMA_CONVERT=1 $(PY) -m pytest tests -q
+	$(MAKE) --no-print-directory -j2 install vllm-env
+	mkdir -p .cache
+	$(RUN) MAX_JOBS=1 $(PY) -m sbs.student.ds_ops > .cache/ds_ops.log 2>&1 & \
+	$(RUN) SBS_GEMMA_CONVERT=1 $(PY) -m pytest tests -q; rc=$$?; wait; tail -1 .cache/ds_ops.log; exit $$rc
 
 bench: install
 	$(RUN) $(VENV)/bin/sbs bench

@@ -46,7 +46,10 @@ def test_gpu_yaml_is_students_yaml_on_autoscaled_bf16_gpu_replicas():
     assert (gpu.device, gpu.torch_dtype_name(), gpu.ray_actor_options.num_gpus) == ("cuda", "bfloat16", 0.5)
     assert gpu.num_replicas is None and gpu.autoscaling_config.model_dump() == \
         {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 32, "upscale_delay_s": 30.0,
-         "downscale_delay_s": 600.0}
+         "downscale_delay_s": 600.0, "look_back_period_s": 30.0}
+    from ray.serve.config import AutoscalingConfig  # every field is one of Serve's own, same meaning
+
+    assert AutoscalingConfig(**gpu.autoscaling_config.model_dump()).look_back_period_s == 30.0
     assert gpu.batching.max_batch_size == 64 and gpu.ongoing_requests() == 128
 
 

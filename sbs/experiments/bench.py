@@ -13,7 +13,6 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,9 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
     "student_step": ("benchmarks/student_step.py", ["--lora-r", "16", "--max-input", "128", "--max-label", "16",
                                                     "--max-rationale", "96", "--steps", "3"], ["--quick"]),
     "serving": ("benchmarks/serve_load.py", [], ["--quick"]),
+    # Gemma 3 270M as the teacher, five ways (transformers loops, the hf and vllm pipelines, bare vLLM)
+    "teacher_gemma": ("benchmarks/teacher_gemma_bench.py", [], ["--examples", "16", "--loop-examples", "4",
+                                                              "--max-tokens", "16"]),
 }
 
 
@@ -53,21 +55,24 @@ def machine() -> dict[str, Any]:
     return info
 
 
-def run_one(name: str, script: str, args: list[str], timeout_s: float) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory() as d:
-        out = Path(d) / f"{name}.json"
-        cmd = [sys.executable, script, "--json", str(out), *args]
-        print(f"[sbs bench] {name}: {' '.join(cmd)}", flush=True)
-        t = time.time()
-        try:
-            proc = subprocess.run(cmd, timeout=timeout_s, text=True)
-            rc = proc.returncode
-        except subprocess.TimeoutExpired:
-            rc = "timeout"
-        res: dict[str, Any] = {"command": " ".join(cmd[1:]), "wall_s": round(time.time() - t, 1), "returncode": rc}
-        if out.is_file():
-            res["results"] = json.loads(out.read_text(encoding="utf-8"))
-        return res
+def run_one(name: str, script: str, args: list[str], timeout_s: float, parts: Path) -> dict[str, Any]:
+    """Run one benchmark; its own JSON stays in `parts` (a benchmark that resumes from it, as
+    teacher_gemma_bench.py does, continues there after an interrupted run)."""
+    parts.mkdir(parents=True, exist_ok=True)
+    out = parts / f"{name}.json"
+    cmd = [sys.executable, script, "--json", str(out), *args]
+    print(f"[sbs bench] {name}: {' '.join(cmd)}", flush=True)
+    started, t = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), time.time()
+    try:
+        proc = subprocess.run(cmd, timeout=timeout_s, text=True)
+        rc = proc.returncode
+    except subprocess.TimeoutExpired:
+        rc = "timeout"
+    res: dict[str, Any] = {"command": " ".join([script, *args]), "started": started,
+                           "wall_s": round(time.time() - t, 1), "returncode": rc}
+    if out.is_file():
+        res["results"] = json.loads(out.read_text(encoding="utf-8"))
+    return res
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -78,18 +83,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    report: dict[str, Any] = {"machine": machine(), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    out = Path(args.out)
+    here = machine()
+    report: dict[str, Any] = {"machine": here, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                               "benchmarks": {}}
+    if args.only and out.is_file():
+        # a partial run updates the report in place: the other benchmarks keep their figures, each
+        # entry with its own start time, and the machine they were taken on when it was another one
+        old = json.loads(out.read_text(encoding="utf-8"))
+        for name, res in old.get("benchmarks", {}).items():
+            if name not in args.only:
+                same = old.get("machine") == here
+                report["benchmarks"][name] = res if same else {"machine": old.get("machine"), **res}
     failed = []
     for name in args.only or list(BENCHMARKS):
         script, full, quick = BENCHMARKS[name]
         if not Path(script).is_file():
             raise SystemExit(f"sbs bench: {script} not found (run from the repository root)")
-        res = run_one(name, script, quick if args.quick else full, args.timeout)
+        res = run_one(name, script, quick if args.quick else full, args.timeout, out.parent / f"{out.stem}.parts")
         report["benchmarks"][name] = res
         if res["returncode"] != 0 or "results" not in res:
             failed.append(name)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2), encoding="utf-8")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2), encoding="utf-8")
     print(f"[sbs bench] wrote {args.out}" + (f"; failed: {failed}" if failed else ""))
     return 1 if failed else 0
