@@ -237,8 +237,7 @@ def main() -> int:
         py = vllm_python(a.vllm_python)
         args = work / "bare_in.json"
         args.write_text(json.dumps({"model": model, "prompts": prompts, "stop": stop, "max_tokens": a.max_tokens}))
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "VLLM_NO_USAGE_STATS": "1", "OMP_NUM_THREADS": str(a.threads),
-               "VLLM_CPU_OMP_THREADS_BIND": "all"}
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "VLLM_NO_USAGE_STATS": "1", "OMP_NUM_THREADS": str(a.threads)}
         r = subprocess.run([str(py), "-c", VLLM_BARE, str(args), str(work / "bare_out.json")], env=env, cwd=ROOT,
                            capture_output=True, text=True, timeout=3600)
         if r.returncode != 0:
