@@ -219,7 +219,9 @@ def main() -> int:
         cfg = load_config(TeacherConfig, None, teacher_overrides(model, len(prompts), a.max_tokens, 4 * a.batch) + [
             "backend=hf", f"hf.model={model}", f"batch_size={a.batch}", "num_actors=1",
             f"num_cpus_per_actor={a.threads}", f"out={out}"])
-        ray.init(address="local", num_cpus=a.threads, include_dashboard=False, log_to_driver=False,
+        from sbs.teacher.cli import cpus_needed
+
+        ray.init(address="local", num_cpus=cpus_needed(cfg), include_dashboard=False, log_to_driver=False,
                  _temp_dir=str(work / "ray"))
         try:
             t = time.time()
@@ -250,7 +252,7 @@ def main() -> int:
         py = vllm_python(a.vllm_python)
         out = work / "vllm"
         cmd = [str(py), "-m", "sbs.cli", "rationales", "--config", str(ROOT / "configs/teacher/svamp.yaml"),
-               "--num-cpus", str(a.threads), "backend=vllm", f"vllm.model={model}", "vllm.device=cpu",
+               "backend=vllm", f"vllm.model={model}", "vllm.device=cpu",
                f"num_cpus_per_actor={a.threads}", f"out={out}",
                *teacher_overrides(model, len(prompts), a.max_tokens, 32)]
         env = {**os.environ, "PYTHONPATH": str(ROOT), "VLLM_NO_USAGE_STATS": "1", "OMP_NUM_THREADS": "1"}

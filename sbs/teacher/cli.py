@@ -25,11 +25,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "for the actor pool plus one for reading and parsing)")
 
 
+def cpus_needed(cfg) -> int:
+    """CPUs the stage needs: its actor pool's plus one for reading and parsing (with only the actors',
+    the pool's actors and the read tasks wait on each other)."""
+    return int(cfg.num_actors * cfg.num_cpus_per_actor + 0.999) + 1
+
+
 def init_ray(cfg, num_cpus: int | None = None) -> None:
     from sbs.ray_local import connect
 
-    need = int(cfg.num_actors * cfg.num_cpus_per_actor + 0.999) + 1  # + one for reading and parsing
-    connect(num_cpus=num_cpus or max(os.cpu_count() or 1, need), log_to_driver=False)
+    connect(num_cpus=num_cpus or max(os.cpu_count() or 1, cpus_needed(cfg)), log_to_driver=False)
 
 
 def run(args: argparse.Namespace) -> int:
