@@ -98,14 +98,23 @@ def hf_loop(model_path: str, prompts: list[str], stop: list[str], max_tokens: in
     return load, time.time() - t, texts, n_out
 
 
-def steady_from_ledger(out: Path) -> float | None:
-    """Examples/s between the first and the last committed shard (None with fewer than 2 shards)."""
+def steady_from_ledger(out: Path, wall_s: float) -> float | None:
+    """Examples/s between the first and the last committed shard. None with fewer than 2 shards, or
+    when the shards landed in a burst (within a tenth of the wall time): the pipeline held its
+    outputs back (ray.data.llm's stage does), so the ledger does not show its steady state."""
     shards = sorted((out / "_ledger").glob("shard-*.json"), key=lambda p: p.stat().st_mtime)
     if len(shards) < 2:
         return None
     sizes = [json.loads(p.read_text()).get("samples", 0) for p in shards]
     dt = shards[-1].stat().st_mtime - shards[0].stat().st_mtime
-    return sum(sizes[1:]) / dt if dt > 0 and all(sizes) else None
+    return sum(sizes[1:]) / dt if dt > 0.1 * wall_s and all(sizes) else None
+
+
+def steady_of(w: dict) -> float | None:
+    """A way's steady examples/s, unless its run was too short to say (a burst; see above)."""
+    if "wall_s" in w and w["run_s"] < 0.1 * w["wall_s"]:
+        return None
+    return w["ex_per_s_steady"]
 
 
 def teacher_overrides(model_path: str, n_asked: int, max_tokens: int, shard: int) -> list[str]:
@@ -188,7 +197,12 @@ def main() -> int:
     res["settings"] = {k: v for k, v in vars(a).items() if k != "ways"}
     if a.json and Path(a.json).is_file():
         old = json.loads(Path(a.json).read_text())
-        if all(old.get(k) == v for k, v in res.items() if k != "ways"):
+
+        def what(r: dict) -> dict:  # what was measured, and how (not where the JSON is written)
+            return {k: ({x: y for x, y in v.items() if x != "json"} if k == "settings" else v)
+                    for k, v in r.items() if k not in ("ways", "ratios_with_startup", "ratios_steady")}
+
+        if what(old) == what(res):
             res["ways"] = old.get("ways", {})
             print(f"resuming {a.json}: ways {sorted(res['ways'])} already measured", flush=True)
 
@@ -229,7 +243,7 @@ def main() -> int:
             wall = time.time() - t
         finally:
             ray.shutdown()
-        steady = steady_from_ledger(out)
+        steady = steady_from_ledger(out, wall)
         # the pipeline's start-up (actor start, model load) is what its wall has beyond steady-state work
         startup = max(0.0, wall - stats["samples"] / steady) if steady else 0.0
         show("c", way("sbs hf backend, Ray Data pipeline", stats["samples"], startup, wall - startup,
@@ -264,7 +278,7 @@ def main() -> int:
         if r.returncode != 0:
             raise SystemExit(f"(e) sbs vllm pipeline failed:\n{r.stderr[-4000:]}")
         stats = json.loads((out / "stats.json").read_text())
-        steady = steady_from_ledger(out)
+        steady = steady_from_ledger(out, wall)
         startup = max(0.0, wall - stats["samples"] / steady) if steady else 0.0
         show("e", way("sbs vllm backend, Ray Data pipeline (ray.data.llm)", stats["samples"], startup,
                       wall - startup, stats["tokens_out"], parsed_of(stats), steady_ex_per_s=steady,
@@ -272,7 +286,11 @@ def main() -> int:
     w = res["ways"]
 
     def ratio(x: str, y: str, key: str = "ex_per_s_with_startup") -> float | None:
-        return round(w[x][key] / w[y][key], 2) if x in w and y in w and w[y][key] else None
+        if x not in w or y not in w:
+            return None
+        steady = key == "ex_per_s_steady"
+        num, den = (steady_of(w[x]), steady_of(w[y])) if steady else (w[x][key], w[y][key])
+        return round(num / den, 2) if num and den else None
 
     res["ratios_with_startup"] = {"e_over_a": ratio("e", "a"), "e_over_d": ratio("e", "d"), "c_over_a": ratio("c", "a"),
                                   "b_over_a": ratio("b", "a")}
