@@ -110,11 +110,18 @@ def steady_from_ledger(out: Path, wall_s: float) -> float | None:
     return sum(sizes[1:]) / dt if dt > 0.1 * wall_s and all(sizes) else None
 
 
-def steady_of(w: dict) -> float | None:
-    """A way's steady examples/s, unless its run was too short to say (a burst; see above)."""
-    if "wall_s" in w and w["run_s"] < 0.1 * w["wall_s"]:
-        return None
-    return w["ex_per_s_steady"]
+def pipeline_way(name: str, stats: dict, wall: float, out: Path, **extra) -> dict:
+    """A pipeline's figures: its start-up is what its wall has beyond the steady-state work the
+    ledger shows; when the ledger cannot show it, only the rate with start-up is known."""
+    steady = steady_from_ledger(out, wall)
+    if steady is None:
+        return {"way": name, "examples": stats["samples"], "startup_s": None, "run_s": None,
+                "ex_per_s_with_startup": round(stats["samples"] / wall, 3), "ex_per_s_steady": None,
+                "output_tokens_per_s": None, "tokens_out": stats["tokens_out"], "parsed_share": parsed_of(stats),
+                "wall_s": round(wall, 1), **extra}
+    startup = max(0.0, wall - stats["samples"] / steady)
+    return way(name, stats["samples"], startup, wall - startup, stats["tokens_out"], parsed_of(stats),
+               steady_ex_per_s=steady, wall_s=round(wall, 1), **extra)
 
 
 def teacher_overrides(model_path: str, n_asked: int, max_tokens: int, shard: int) -> list[str]:
@@ -248,12 +255,7 @@ def main() -> int:
             wall = time.time() - t
         finally:
             ray.shutdown()
-        steady = steady_from_ledger(out, wall)
-        # the pipeline's start-up (actor start, model load) is what its wall has beyond steady-state work
-        startup = max(0.0, wall - stats["samples"] / steady) if steady else 0.0
-        show("c", way("sbs hf backend, Ray Data pipeline", stats["samples"], startup, wall - startup,
-                      stats["tokens_out"], parsed_of(stats),
-                      steady_ex_per_s=steady, batch=a.batch, wall_s=round(wall, 1)))
+        show("c", pipeline_way("sbs hf backend, Ray Data pipeline", stats, wall, out, batch=a.batch))
     if "d" in todo:
         py = vllm_python(a.vllm_python)
         args = work / "bare_in.json"
@@ -283,18 +285,11 @@ def main() -> int:
         if r.returncode != 0:
             raise SystemExit(f"(e) sbs vllm pipeline failed:\n{r.stderr[-4000:]}")
         stats = json.loads((out / "stats.json").read_text())
-        steady = steady_from_ledger(out, wall)
-        startup = max(0.0, wall - stats["samples"] / steady) if steady else 0.0
-        show("e", way("sbs vllm backend, Ray Data pipeline (ray.data.llm)", stats["samples"], startup,
-                      wall - startup, stats["tokens_out"], parsed_of(stats), steady_ex_per_s=steady,
-                      wall_s=round(wall, 1)))
+        show("e", pipeline_way("sbs vllm backend, Ray Data pipeline (ray.data.llm)", stats, wall, out))
     w = res["ways"]
 
     def ratio(x: str, y: str, key: str = "ex_per_s_with_startup") -> float | None:
-        if x not in w or y not in w:
-            return None
-        steady = key == "ex_per_s_steady"
-        num, den = (steady_of(w[x]), steady_of(w[y])) if steady else (w[x][key], w[y][key])
+        num, den = (w[x][key], w[y][key]) if x in w and y in w else (None, None)
         return round(num / den, 2) if num and den else None
 
     res["ratios_with_startup"] = {"e_over_a": ratio("e", "a"), "e_over_d": ratio("e", "d"), "c_over_a": ratio("c", "a"),

@@ -36,18 +36,16 @@ TRAIN = ["model.name=tiny-t5", "data.max_input_length=48", "data.max_label_lengt
 def cluster(tmp_path_factory):
     # Serve's autoscaling metrics every second (default 10 s), so the autoscaling test reads a
     # replica count that follows its load within seconds; every node starts with this environment.
-    push = {f"RAY_SERVE_{k}_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "1" for k in ("REPLICA", "HANDLE")}
-    saved = {k: os.environ.get(k) for k in push}
-    os.environ.update(push)
     c = LocalCluster(head_cpus=1)
-    try:
-        c.up([("teacher", 1), ("teacher", 1), ("trainer", 1), ("trainer", 1), ("serve", 1), ("serve", 1)])
-        c.wait_nodes(7)
-        yield c
-    finally:
-        c.down()
-        for k, v in saved.items():
-            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    with pytest.MonkeyPatch.context() as env:
+        for k in ("REPLICA", "HANDLE"):
+            env.setenv(f"RAY_SERVE_{k}_AUTOSCALING_METRIC_PUSH_INTERVAL_S", "1")
+        try:
+            c.up([("teacher", 1), ("teacher", 1), ("trainer", 1), ("trainer", 1), ("serve", 1), ("serve", 1)])
+            c.wait_nodes(7)
+            yield c
+        finally:
+            c.down()
     assert not c.down(), "cluster processes survived"
 
 
