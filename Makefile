@@ -62,11 +62,19 @@ demo: install ds-ops
 # The two environments are independent: built side by side (about 2.5 min saved on a fresh clone).
 # DeepSpeed's ops build on one core (MAX_JOBS=1) beside the first, single-process tests; the first
 # test that needs one waits for it (torch's build lock). Its output: .cache/ds_ops.log.
+# Two lanes: the multi-node module (its own 7-node Ray cluster; it mostly waits on nodes and
+# replicas starting and dying) beside the rest, which alone left ~40% of the two cores idle. Its
+# output is .cache/test_multinode.log, printed after; its tmp_path under .cache/pytest-multinode.
+MULTINODE := tests/test_multinode.py
 test:
 	$(MAKE) --no-print-directory -j2 install vllm-env
 	mkdir -p .cache
 	$(RUN) MAX_JOBS=1 $(PY) -m sbs.student.ds_ops > .cache/ds_ops.log 2>&1 & \
-	$(RUN) SBS_GEMMA_CONVERT=1 $(PY) -m pytest tests -q; rc=$$?; wait; tail -1 .cache/ds_ops.log; exit $$rc
+	$(RUN) $(PY) -m pytest $(MULTINODE) -q -p no:cacheprovider --basetemp=.cache/pytest-multinode \
+	  > .cache/test_multinode.log 2>&1 & mn=$$!; \
+	$(RUN) SBS_GEMMA_CONVERT=1 $(PY) -m pytest tests -q --ignore=$(MULTINODE); rc=$$?; \
+	wait $$mn; rc_mn=$$?; wait; echo "== $(MULTINODE) (beside the rest):"; cat .cache/test_multinode.log; \
+	tail -1 .cache/ds_ops.log; exit $$((rc || rc_mn))
 
 bench: install
 	$(RUN) $(VENV)/bin/sbs bench

@@ -30,6 +30,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 STATE = "sbs_cluster.json"
+# The GCS checks each raylet every period; a node that fails `threshold` checks in a row is dead. Ray's
+# defaults (3 s x 5) declare a SIGKILLed node dead ~15 s after the kill, this cluster's after ~5 s: a
+# dead raylet refuses at once, while a live one must stay unanswering for 5 checks of up to 10 s each
+# (health_check_timeout_ms) before it is dropped, far past what a loaded 2-core machine was seen to do.
+HEALTH_CHECK = {"health_check_period_ms": 1000, "health_check_failure_threshold": 5}
 DEFAULT_STATE_LINK = Path(tempfile.gettempdir()) / "sbs_local_cluster"  # the CLI's current cluster
 
 
@@ -102,21 +107,36 @@ class LocalCluster:
         self._start(["--head", "--port", str(self.gcs_port), "--temp-dir", self.temp_dir, "--num-cpus",
                      str(self.head_cpus), "--resources", json.dumps({"head": 1}), "--include-dashboard", "true",
                      "--dashboard-host", "127.0.0.1", "--dashboard-port", str(self.dashboard_port),
-                     "--ray-client-server-port", str(client), *common])
+                     "--ray-client-server-port", str(client), "--system-config", json.dumps(HEALTH_CHECK), *common])
         self.nodes["head"] = Node("head", "head", self.head_cpus, nm, {"head": 1})
         for role, cpus in workers:
             self.add(role, cpus)
         self.save()
         return self
 
-    def add(self, role: str, cpus: int = 1, name: str | None = None) -> Node:
-        """Start one worker node with `{role: 1}` (named <role>-<i>, or `name` to bring one back)."""
+    def add(self, role: str, cpus: int = 1, name: str | None = None, attempts: int = 3) -> Node:
+        """Start one worker node with `{role: 1}` (named <role>-<i>, or `name` to bring one back).
+
+        `ray start` gives a raylet 30 s to register with the GCS (fixed in Ray 2.60's node.py); on a
+        loaded 2-core machine that was seen to run out (CI: "The current node timed out during
+        startup"). Such a start is cleaned up (its processes, by its node-manager port) and retried
+        with fresh ports, up to `attempts` times."""
         if name is None:
             i = sum(n.role == role for n in self.nodes.values())
             name = f"{role}-{i}"
-        nm, common = self._node_ports()
         res = {role: 1.0}
-        self._start(["--address", self.gcs_address, "--num-cpus", str(cpus), "--resources", json.dumps(res), *common])
+        for attempt in range(1, attempts + 1):
+            nm, common = self._node_ports()
+            try:
+                self._start(["--address", self.gcs_address, "--num-cpus", str(cpus), "--resources", json.dumps(res),
+                             *common])
+                break
+            except RuntimeError as e:
+                self._kill_node_procs(nm)
+                if attempt == attempts:
+                    raise RuntimeError(f"node {name}: {attempts} starts failed; the last: {e}") from None
+                print(f"sbs local-cluster: node {name} did not start (attempt {attempt}/{attempts}), retrying",
+                      file=sys.stderr)
         self.nodes[name] = Node(name, role, cpus, nm, res)
         self.save()
         return self.nodes[name]
@@ -131,25 +151,33 @@ class LocalCluster:
             except psutil.Error:
                 continue
 
-    def kill(self, name: str) -> list[int]:
-        """SIGKILL node `name`'s raylet and everything under it (its workers and agents): a node
-        lost without warning. The head notices after its health check (~30 s by default)."""
+    def _kill_node_procs(self, node_manager_port: int) -> list[int]:
+        """SIGKILL the raylet of this cluster listening on `node_manager_port` and everything under it."""
         import psutil
 
-        node = self.nodes.pop(name)
         procs: dict[int, psutil.Process] = {}
-        for p in self._procs(f"--node_manager_port={node.node_manager_port}"):
-            if self.temp_dir in " ".join(p.cmdline()):
-                procs[p.pid] = p
-                procs.update({c.pid: c for c in p.children(recursive=True)})
+        for p in self._procs(f"--node_manager_port={node_manager_port}"):
+            try:
+                if self.temp_dir in " ".join(p.cmdline()):
+                    procs[p.pid] = p
+                    procs.update({c.pid: c for c in p.children(recursive=True)})
+            except psutil.Error:
+                continue
         for p in procs.values():
             try:
                 p.send_signal(signal.SIGKILL)
             except psutil.Error:
                 pass
         psutil.wait_procs(list(procs.values()), timeout=10)
-        self.save()
         return sorted(procs)
+
+    def kill(self, name: str) -> list[int]:
+        """SIGKILL node `name`'s raylet and everything under it (its workers and agents): a node
+        lost without warning. The head declares it dead after HEALTH_CHECK's failed checks (~5 s)."""
+        node = self.nodes.pop(name)
+        pids = self._kill_node_procs(node.node_manager_port)
+        self.save()
+        return pids
 
     def down(self) -> list[int]:
         """End exactly this cluster's processes (and their children); returns their pids."""

@@ -475,3 +475,31 @@ def test_pipeline_script_rejects_bad_input_before_submitting():
     env.pop("RAY_ADDRESS")
     r = subprocess.run(script + ["--profile", "cluster"], env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "RAY_ADDRESS" in r.stderr
+
+
+def test_local_cluster_retries_a_node_that_did_not_register_and_names_it_when_it_never_does(tmp_path):
+    """`ray start` gives a raylet 30 s to register; a start that ran out is cleaned up (its processes,
+    by its node-manager port) and retried with fresh ports; after the last attempt the error names the node."""
+    from sbs.local_cluster import LocalCluster
+
+    class Flaky(LocalCluster):
+        def __init__(self, fail: int):
+            super().__init__(str(tmp_path))
+            self.fail, self.started, self.cleaned = fail, [], []
+
+        def _start(self, args):
+            port = int(args[args.index("--node-manager-port") + 1])
+            if len(self.cleaned) < self.fail:
+                raise RuntimeError("The current node timed out during startup.")
+            self.started.append(port)
+
+        def _kill_node_procs(self, port):
+            self.cleaned.append(port)
+            return []
+
+    c = Flaky(fail=2)
+    node = c.add("trainer", cpus=1)
+    assert node.name == "trainer-0" and c.started == [node.node_manager_port]
+    assert len(c.cleaned) == 2 and node.node_manager_port not in c.cleaned  # fresh ports each attempt
+    with pytest.raises(RuntimeError, match=r"node trainer-1: 3 starts failed; the last: The current node timed out"):
+        Flaky(fail=3).add("trainer", cpus=1, name="trainer-1")
