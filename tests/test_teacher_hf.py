@@ -168,3 +168,41 @@ def test_fewshot_stage_on_a_generic_dataset_with_its_own_prompt_file(ray_local, 
     rows = pq.read_table(out / "accepted").to_pylist() + pq.read_table(out / "rejects").to_pylist()
     assert sorted(r["id"] for r in rows) == [f"t{i}" for i in range(6)] and {r["dataset"] for r in rows} == {"tickets"}
     assert {r["id"] for r in rows if r.get("reason") == "exemplar"} == {"t0", "t1"}
+
+
+def test_shared_prefix_cache_gives_the_plain_outputs(tmp_path):
+    """`hf.prefix_cache`: the few-shot beginning every prompt shares is run once per actor and each
+    batch starts from its keys and values (shifted per row under left padding). On a Gemma 3 model
+    whose sliding window (8) is far shorter than that prefix, texts and token counts equal plain
+    generation's, batch after batch; a batch that shares less shrinks the cached prefix."""
+    import pyarrow as pa
+    import torch
+    from transformers import ByT5Tokenizer, Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(0)
+    tok = ByT5Tokenizer()
+    cfg = Gemma3TextConfig(vocab_size=384, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                           num_attention_heads=2, num_key_value_heads=1, head_dim=16, sliding_window=8,
+                           layer_types=["sliding_attention"] * 3 + ["full_attention"], bos_token_id=None,
+                           eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    Gemma3ForCausalLM(cfg).save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    shots = "Q: 2 + 3?\nA: 5. So the answer is 5.\n\nQ: 7 - 4?\nA: 3. So the answer is 3.\n\n"
+    batches = [[shots + "Q: 1 + 1?\nA:", shots + "Q: 10 - 6 + 2?\nA:", shots + "Q: 9?\nA:"],
+               [shots + "Q: 4 * 4 - 1?\nA:", shots[:40] + "Q: a different tail\nA:"]]
+    out = {}
+    for on in (False, True):
+        gen = _generator(str(tmp_path), "sampling.max_tokens=12", "sampling.stop=[]", f"hf.prefix_cache={on}")
+        assert (gen.prefix is not None) == on
+        out[on] = []
+        for b in batches:
+            rows = [{"id": f"q{i}", "sample": 0, "prompt": p, "messages": ""} for i, p in enumerate(b)]
+            out[on] += gen(pa.Table.from_pylist(rows)).to_pylist()
+            if on:
+                shared = len(tok(b[0], add_special_tokens=False)["input_ids"])
+                assert 16 <= len(gen.prefix.ids) < shared  # a real prefix, shorter than any prompt
+        if on:
+            assert len(gen.prefix.ids) == 40  # the second batch shares only shots[:40] (one byte a token)
+    assert [(r["text"], r["tokens_in"], r["tokens_out"]) for r in out[True]] == \
+        [(r["text"], r["tokens_in"], r["tokens_out"]) for r in out[False]]
+    assert all(r["error"] is None and r["tokens_out"] == 12 for r in out[True])

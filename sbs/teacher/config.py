@@ -48,6 +48,9 @@ class HfConfig(Config):
         "auto", description="weights dtype; auto = float32 on CPU, bfloat16 on GPU")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = cuda when the actor has a GPU")
     max_input_tokens: int = Field(2048, ge=16, description="prompts longer than this are left-truncated")
+    prefix_cache: bool = Field(
+        True, description="compute the prompts' shared beginning (the few-shot exemplars) once per actor and "
+        "start each batch from its keys and values; outputs as without it")
 
 
 class OpenAIConfig(Config):

@@ -5,6 +5,12 @@ Each actor owns `num_cpus_per_actor` torch threads (oversubscribed threads were 
 slower on 2 cores) and, with `num_gpus_per_actor > 0`, its GPU. Stop strings are checked on the
 last few decoded tokens each step, so a row stops as soon as it starts the next exemplar.
 
+Few-shot prompts share their beginning (the exemplars: ~730 of SVAMP's ~830 prompt tokens), and
+on a CPU prefilling it dominates a row's cost. With `hf.prefix_cache` (default) each actor runs
+that shared beginning through the model once, keeps its keys and values, and starts every batch
+from them (`_SharedPrefix`): the batch is still the plain left-padded batch, so the outputs are
+those of plain `generate`.
+
 Sampling (temperature > 0) draws each row's tokens from its own generator seeded `seed + sample`
 (the backend contract), so a row's text does not depend on its batch neighbours, the batch size,
 shard boundaries or a resume; greedy decoding needs no seed.
@@ -78,6 +84,85 @@ class _SampleEachRow:
         return torch.full_like(scores, float("-inf")).scatter_(1, picks[:, None], 0.0)
 
 
+class _SharedPrefix:
+    """The keys and values of the prompts' common first tokens, computed once per actor.
+
+    A batch is left-padded as plain `generate` pads it: row i (of length n_i, the longest n) has
+    p_i = n - n_i pads, then its tokens. The first P positions are served from this cache, where P
+    is the length of the prefix every row shares: row i's cached positions are its p_i pads then
+    the prefix's first P - p_i tokens, at the position ids plain generation gives them (counted from
+    the row's first real token), so each row's keys and values are the prefix's own, shifted right.
+    Positions P.. (the prefix's last p_i tokens and the row's own) run as usual. Sliding-window
+    layers get the same cache through their own `update` (it keeps their window), so the batch
+    continues exactly as a plain left-padded one (up to float rounding of other matrix shapes).
+
+    The cached prefix is the longest one the rows seen so far share: it only shrinks (a batch that
+    shares less truncates it), and a batch sharing fewer than `min_tokens` with it starts afresh."""
+
+    min_tokens = 16
+
+    def __init__(self, model: Any):
+        self.model, self.ids, self.kv = model, [], []
+
+    @staticmethod
+    def _common(a: list[int], b: list[int]) -> int:
+        n = min(len(a), len(b))
+        i = 0
+        while i < n and a[i] == b[i]:
+            i += 1
+        return i
+
+    def prefix_len(self, rows: list[list[int]]) -> int:
+        """Tokens of the cache this batch can use (0: none); computes a new prefix when it must."""
+        import torch
+
+        limit = min(len(r) for r in rows) - 1  # every row keeps at least one token to run
+        if self.ids:
+            shared = min(self._common(self.ids, r) for r in rows)
+            if min(shared, limit) >= self.min_tokens:
+                self.ids, self.kv = self.ids[:shared], [(k[:, :, :shared], v[:, :, :shared]) for k, v in self.kv]
+                return min(shared, limit)
+        p = min(min(self._common(rows[0], r) for r in rows), limit)
+        if p < self.min_tokens:
+            return 0
+        from transformers import DynamicCache
+
+        cache = DynamicCache()  # full-length layers, sliding ones included: any later shift needs them all
+        with torch.inference_mode():
+            self.model(input_ids=torch.tensor([rows[0][:p]], device=self.model.device), use_cache=True, cache=cache)
+        self.ids, self.kv = rows[0][:p], [(layer.keys, layer.values) for layer in cache.layers]
+        return p
+
+    def batch_cache(self, p: int, pads: list[int]):
+        """The cache of the batch's first `p` positions, row i shifted right by its `pads[i]`."""
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.model.config)
+        if len(cache.layers) != len(self.kv):
+            raise RuntimeError(f"{len(cache.layers)} cache layers for {len(self.kv)} computed")
+        for layer, (k, v) in zip(cache.layers, self.kv):
+            kb = k.new_zeros((len(pads), *k.shape[1:2], p, k.shape[-1]))
+            vb = v.new_zeros((len(pads), *v.shape[1:2], p, v.shape[-1]))
+            for i, pad in enumerate(pads):
+                if pad < p:  # a row padded past p has only pads there
+                    kb[i, :, pad:] = k[0, :, :p - pad]
+                    vb[i, :, pad:] = v[0, :, :p - pad]
+            layer.update(kb, vb)
+        return cache
+
+    @staticmethod
+    def supports(model: Any) -> bool:
+        """Plain self-attention caches only (no KV sharing across layers, no recurrent state)."""
+        from transformers import DynamicCache
+        from transformers.cache_utils import DynamicLayer
+
+        try:
+            layers = DynamicCache(config=model.config).layers
+        except Exception:
+            return False
+        return bool(layers) and all(isinstance(x, DynamicLayer) for x in layers)
+
+
 class HfGenerator:
     """The actor: holds one model; `__call__` generates for a batch of rows."""
 
@@ -108,6 +193,7 @@ class HfGenerator:
         probe = self.tok("a")["input_ids"]
         self.add_special = not chat and not (probe and probe[-1] == self.tok.eos_token_id)
         self.model = AutoModelForCausalLM.from_pretrained(h.model, dtype=dtype).to(self.device).eval()
+        self.prefix = _SharedPrefix(self.model) if h.prefix_cache and _SharedPrefix.supports(self.model) else None
 
     def _text(self, row: dict[str, Any]) -> str:
         if self.chat:
@@ -120,13 +206,20 @@ class HfGenerator:
         enc = self.tok([self._text(r) for r in rows], return_tensors="pt", padding=True, truncation=True,
                        max_length=self.cfg.hf.max_input_tokens, add_special_tokens=self.add_special).to(self.device)
         plen = enc["input_ids"].shape[1]
+        cached = {}
+        if self.prefix is not None:
+            mask = enc["attention_mask"].tolist()
+            pads = [m.count(0) for m in mask]
+            p = self.prefix.prefix_len([ids[pad:] for ids, pad in zip(enc["input_ids"].tolist(), pads)])
+            if p:
+                cached = {"cache": self.prefix.batch_cache(p, pads)}
         sample = [_SampleEachRow([torch.Generator(self.device).manual_seed(s.seed + int(r["sample"])) for r in rows],
                                  s.temperature, s.top_p)] if s.temperature > 0 else []
         eos = self.model.generation_config.eos_token_id
         stop = [_StopOnStrings(self.tok, plen, s.stop, [eos] if isinstance(eos, int) else list(eos or []))] \
             if s.stop else []
         with torch.inference_mode():
-            out = self.model.generate(**enc, max_new_tokens=s.max_tokens, pad_token_id=self.tok.pad_token_id,
+            out = self.model.generate(**enc, **cached, max_new_tokens=s.max_tokens, pad_token_id=self.tok.pad_token_id,
                                       do_sample=False, logits_processor=sample, stopping_criteria=stop)
         res = []
         for i in range(len(rows)):
