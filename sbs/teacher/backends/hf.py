@@ -18,6 +18,7 @@ shard boundaries or a resume; greedy decoding needs no seed.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from typing import Any, ClassVar
 
@@ -236,7 +237,10 @@ class HfGenerator:
         rows = batch.to_pylist()
         try:
             res: list[Result] = list(self._generate(rows))
-        except Exception:  # one bad row must not fail its neighbours: retry one by one
+        except Exception as batch_error:  # one bad row must not fail its neighbours: retry one by one
+            # said, not silent: rows one at a time cost several times a batch
+            logging.getLogger(__name__).warning("hf: a batch of %d rows failed (%s: %s); generating them one by one",
+                                                len(rows), type(batch_error).__name__, str(batch_error)[:300])
             res = []
             for r in rows:
                 try:
