@@ -196,17 +196,19 @@ def main() -> int:
 
     model = a.model or str(ensure_gemma())
     ex, prompts, stop = prompts_for(a.examples)
-    # committed results name no machine's paths: the default model by name, paths under the checkout relative
+    # committed results name no machine's paths: the default model by name, paths under this script's
+    # checkout relative to it (wherever the script is run from)
     from sbs.experiments.sweep import portable
 
-    res: dict = {"model": portable(a.model) if a.model else "gemma3-270m (sbs.teacher.gemma.ensure_gemma)",
+    res: dict = {"model": portable(str(Path(a.model).resolve()), ROOT) if a.model
+                 else "gemma3-270m (sbs.teacher.gemma.ensure_gemma)",
                  "dataset": "svamp (train, few-shot prompt)", "max_tokens": a.max_tokens,
                  "stop": stop, "prompt_chars_mean": round(statistics.mean(map(len, prompts))),
                  "cpus": a.threads, "machine": os.uname().machine, "ways": {}}
     work = Path(tempfile.mkdtemp(prefix="sbs-teacher-bench-"))
     # resumable: with --json, each way's figures land as it finishes; a rerun with the same settings
     # keeps the ways already there and runs the rest
-    res["settings"] = {k: portable(v) if k in ("json", "model", "vllm_python") and v else v
+    res["settings"] = {k: portable(str(Path(v).resolve()), ROOT) if k in ("json", "model", "vllm_python") and v else v
                        for k, v in vars(a).items() if k != "ways"}
     if a.json and Path(a.json).is_file():
         old = json.loads(Path(a.json).read_text())

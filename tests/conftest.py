@@ -31,8 +31,10 @@ def ray_local():
 
 
 # Modules whose tests start DeepSpeed engines (they need its C++ ops: `make test` builds them in
-# the background, ~5 min of one core on a fresh clone) run after every other module, so the build
-# overlaps tests that need none instead of a test waiting on torch's build lock (seen: ~80 s).
+# the background, ~5 min of one core on a fresh clone) run after every other module: no test waits
+# on torch's build lock (test_gpu_check waited ~80 s), and the multi-node cluster starts once the
+# build is done (CI saw a node miss `ray start`'s 30-s registration while it ran). The suite's total
+# time did not change measurably (the build then takes CPU from the multi-process tests instead).
 NEEDS_DS_OPS = ("test_gpu_check.py", "test_student_ray.py", "test_sweep.py", "test_multinode.py")
 
 

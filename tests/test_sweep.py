@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -129,3 +130,11 @@ def test_committed_results_name_paths_relative_to_the_checkout(monkeypatch, tmp_
     monkeypatch.chdir(tmp_path)
     assert portable(f"data.rationales={tmp_path}/results/rationales/cqa") == "data.rationales=results/rationales/cqa"
     assert portable("run.storage_path=/elsewhere/runs") == "run.storage_path=/elsewhere/runs"  # outside: kept
+    # a script run from elsewhere (teacher_gemma_bench.py from another clone) names its own checkout's root
+    assert portable(f"{tmp_path}/co/results/x.json", tmp_path / "co") == "results/x.json"
+
+
+def test_committed_benchmark_results_name_no_absolute_path():
+    results = Path(__file__).resolve().parents[1] / "results"
+    for f in [*results.glob("*.json"), *results.glob("*.parts/*.json")]:
+        assert '"/' not in f.read_text(encoding="utf-8"), f"{f}: an absolute path"

@@ -51,11 +51,12 @@ def student_overrides(cfg: SweepConfig, d: SweepDataset, method: str, fraction: 
     return ov
 
 
-def portable(text: str) -> str:
-    """A path (or key=path override) under the working directory, written relative to it: committed
-    results then name no machine's checkout and their commands replay from any clone's root."""
-    root = str(Path.cwd().resolve()) + os.sep
-    return text.replace(root, "")
+def portable(text: str, root: Path | None = None) -> str:
+    """A path (or key=path override) under `root` (default: the working directory), written relative
+    to it: committed results then name no machine's checkout and their commands replay from any
+    clone's root."""
+    base = str((root or Path.cwd()).resolve()) + os.sep
+    return text.replace(base, "")
 
 
 def run_cell(cfg_json: dict[str, Any], cell: dict[str, Any]) -> dict[str, Any]:
