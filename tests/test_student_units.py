@@ -5,6 +5,7 @@ logits with plain cross-entropy over hand-built targets, not through the code un
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -405,3 +406,22 @@ def test_ds_ops_names_builders_this_deepspeed_has():
         b = acc.create_op_builder(name)
         assert b is not None and b.is_compatible(verbose=False), name
     assert ds_ops.main(["--help"]) == 2
+
+
+def test_jit_builds_use_the_ninja_beside_the_interpreter(monkeypatch):
+    """A driver started with the system's ninja first on PATH (a sweep from a plain shell) must not
+    rebuild the cache the venv's ninja wrote: builder and workers put this interpreter's first."""
+    import shutil
+    import sys
+    from pathlib import Path
+
+    from sbs.student import ds_ops
+
+    own = Path(sys.executable).parent
+    assert (own / "ninja").is_file(), "the venv has no ninja (DeepSpeed depends on the ninja wheel)"
+    monkeypatch.setenv("PATH", os.pathsep.join(["/usr/bin", "/bin", str(own)]))
+    ds_ops.use_own_ninja()
+    assert shutil.which("ninja") == str(own / "ninja")
+    first = os.environ["PATH"]
+    ds_ops.use_own_ninja()  # once: PATH does not grow per call
+    assert os.environ["PATH"] == first and first.split(os.pathsep)[:2] == [str(own), "/usr/bin"]

@@ -140,9 +140,13 @@ def run_sweep(cfg: SweepConfig, max_cells: int | None = None) -> dict[str, Any]:
     # in a second here rather than once per cell after Ray has started.
     from sbs.student.config import load_train_config
 
+    from sbs.student.data import accepted_files
+
     for c in todo:
-        load_train_config(cfg.student_config, student_overrides(cfg, c["dataset"], c["method"], c["fraction"],
-                                                                c["seed"], c["cell"]))
+        scfg = load_train_config(cfg.student_config, student_overrides(cfg, c["dataset"], c["method"], c["fraction"],
+                                                                       c["seed"], c["cell"]))
+        if scfg.data.rationales and scfg.method.name != "standard":  # the teacher output a cell reads
+            accepted_files(scfg.data.rationales)
     connect()
     # The cell task itself holds no CPU: its Ray Train workers do, so Ray runs as many cells at
     # once as their workers fit, capped by parallel_cells.
@@ -167,10 +171,14 @@ def run_sweep(cfg: SweepConfig, max_cells: int | None = None) -> dict[str, Any]:
             report(cfg)
         except Exception as e:  # one failed cell must not lose the others; it is rerun next time
             failed.append(c["cell"])
-            print(f"[sbs sweep] FAILED {c['cell']}: {type(e).__name__}: {str(e)[:500]}", flush=True)
+            cause = getattr(e, "cause", None) or e  # a RayTaskError's text starts with the remote traceback
+            print(f"[sbs sweep] FAILED {c['cell']}: {type(cause).__name__}: {str(cause)[:500]}", flush=True)
     summary = report(cfg)
     summary["failed_cells"] = failed
-    print(f"[sbs sweep] {summary['finished_cells']} of {total} cells finished; tables and plots in {out}", flush=True)
+    # the tables hold every finished cell in `out`; this run's plan may be a part of them (methods=... on the CLI)
+    planned = sum((out / "cells" / c["cell"] / "result.json").is_file() for c in cells(cfg))
+    print(f"[sbs sweep] {planned} of the {total} planned cells finished ({summary['finished_cells']} in the tables"
+          f"{'; failed: ' + ', '.join(failed) if failed else ''}); tables and plots in {out}", flush=True)
     return summary
 
 

@@ -68,14 +68,19 @@ def load_split(ds: TaskDataset, split: str, field_name: str, source: str = "ship
         raise ConfigError(f"{field_name}: {e}") from None
 
 
-def read_accepted(rationale_dir: str) -> dict[str, dict[str, str]]:
-    """id -> {label, rationale} from `<dir>/accepted/*.parquet` (the teacher stage's output)."""
+def accepted_files(rationale_dir: str) -> list[str]:
+    """The teacher stage's `<dir>/accepted/*.parquet`; a ConfigError naming the field when there are none."""
     files = sorted(glob.glob(str(Path(rationale_dir) / "accepted" / "*.parquet")))
     if not files:
         raise ConfigError(f"data.rationales: no {Path(rationale_dir) / 'accepted'}/*.parquet "
                           "(run the teacher stage, `sbs rationales`, first)")
+    return files
+
+
+def read_accepted(rationale_dir: str) -> dict[str, dict[str, str]]:
+    """id -> {label, rationale} from `<dir>/accepted/*.parquet` (the teacher stage's output)."""
     out: dict[str, dict[str, str]] = {}
-    for f in files:
+    for f in accepted_files(rationale_dir):
         schema = pq.read_schema(f)
         missing = [c for c in ACCEPTED_COLUMNS if c not in schema.names]
         if missing:

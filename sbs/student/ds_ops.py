@@ -6,23 +6,38 @@ all-reduce that every DeepSpeed process group loads (about 45 s on 2 cores) and 
 environment installs, a training run finds them cached instead of stalling its workers.
 
 The build runs `ninja` from PATH, and a cache written by one ninja is rebuilt by another (a
-system 1.11 and the venv's 1.13 disagree on the log format): whatever builds or loads the ops
-should see the same PATH (the Makefile puts the venv's bin first).
+system 1.11 and the venv's 1.13 hash their commands differently: a 2-step run that found the
+other's cache recompiled the shared-memory op for 60 s on both cores). `use_own_ninja()` puts the
+ninja installed beside this interpreter (the `ninja` wheel DeepSpeed depends on) first on PATH:
+the builder here and every training worker call it, so whatever PATH a driver was started with,
+one ninja writes and reads the cache.
 
     python -m sbs.student.ds_ops            # the ops this accelerator's DeepSpeed runs JIT-build
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
+from pathlib import Path
 
 # DeepSpeed's builder class names (`accelerator.create_op_builder`), per accelerator.
 OPS = {"cpu": ("ShareMemCommBuilder", "CPUAdamBuilder")}
 
 
+def use_own_ninja() -> None:
+    """Put this interpreter's bin dir (where its `ninja` is) first on PATH, once."""
+    bin_dir = str(Path(sys.executable).parent)
+    path = os.environ.get("PATH", "")
+    if (Path(bin_dir) / "ninja").is_file() and path.split(os.pathsep)[0] != bin_dir:
+        os.environ["PATH"] = bin_dir + os.pathsep + path
+
+
 def build(ops: tuple[str, ...] | None = None) -> dict[str, float]:
     """Load (building when missing) each op; seconds per op."""
     from deepspeed.accelerator import get_accelerator
+
+    use_own_ninja()
 
     acc = get_accelerator()
     names = OPS.get(acc.device_name(), ()) if ops is None else ops

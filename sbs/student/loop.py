@@ -199,8 +199,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
+    from sbs.student.ds_ops import use_own_ninja
+
     if config.get("torch_extensions_dir"):  # share DeepSpeed's JIT cache with the driver's
         os.environ["TORCH_EXTENSIONS_DIR"] = config["torch_extensions_dir"]
+    use_own_ninja()  # and the ninja that wrote it (another one rebuilds it)
     cfg = StudentTrainConfig.model_validate(config["cfg"])
     torch.set_num_threads(cfg.scale.cpus_per_worker)  # the worker owns exactly its CPUs
     ctx = ray.train.get_context()
