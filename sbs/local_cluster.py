@@ -109,6 +109,8 @@ class LocalCluster:
                      "--dashboard-host", "127.0.0.1", "--dashboard-port", str(self.dashboard_port),
                      "--ray-client-server-port", str(client), "--system-config", json.dumps(HEALTH_CHECK), *common])
         self.nodes["head"] = Node("head", "head", self.head_cpus, nm, {"head": 1})
+        # one at a time: 3 `ray start`s at once here timed out in the raylets' 30-s registration
+        # (the retry in add() then costs more than the overlap saves)
         for role, cpus in workers:
             self.add(role, cpus)
         self.save()
@@ -138,7 +140,8 @@ class LocalCluster:
                 self._kill_node_procs(nm)
                 if attempt == attempts:
                     raise RuntimeError(f"node {name}: {attempts} starts failed; the last: {e}") from None
-                print(f"sbs local-cluster: node {name} did not start (attempt {attempt}/{attempts}), retrying",
+                last = (str(e).strip().splitlines() or [""])[-1][:200]
+                print(f"sbs local-cluster: node {name} did not start (attempt {attempt}/{attempts}: {last}), retrying",
                       file=sys.stderr)
         self.nodes[name] = Node(name, role, cpus, nm, res)
         self.save()

@@ -118,6 +118,7 @@ def test_one_ddp_worker_accumulates_to_the_global_batch(ray_local, work):
     assert a["examples_seen"] == 2 * 8 and a["step"] == 2
 
 
+@pytest.mark.cpu_adam
 def test_zero3_offload_optimizer_and_params_trains_and_resumes(ray_local, work):
     """ZeRO-Infinity on CPU: ZeRO-3 with optimizer states and parameters offloaded, stepped by
     DeepSpeed's CPU Adam (JIT-built once into TORCH_EXTENSIONS_DIR); then a rerun resumes it."""

@@ -405,7 +405,7 @@ def test_ds_ops_names_builders_this_deepspeed_has():
     for name in ds_ops.OPS["cpu"]:
         b = acc.create_op_builder(name)
         assert b is not None and b.is_compatible(verbose=False), name
-    assert ds_ops.main(["--help"]) == 2
+    assert ds_ops.main(["--help"]) == 2 and ds_ops.main(["CPUAdam"]) == 2  # a name it does not know
 
 
 def test_jit_builds_use_the_ninja_beside_the_interpreter(monkeypatch):

@@ -12,7 +12,7 @@ ninja installed beside this interpreter (the `ninja` wheel DeepSpeed depends on)
 the builder here and every training worker call it, so whatever PATH a driver was started with,
 one ninja writes and reads the cache.
 
-    python -m sbs.student.ds_ops            # the ops this accelerator's DeepSpeed runs JIT-build
+    python -m sbs.student.ds_ops [BUILDER ...]   # the ops this accelerator's DeepSpeed runs JIT-build (or those named)
 """
 from __future__ import annotations
 
@@ -54,10 +54,17 @@ def build(ops: tuple[str, ...] | None = None) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv:
-        print(__doc__.strip().splitlines()[-1].strip(), file=sys.stderr)
+    usage = __doc__.strip().splitlines()[-1].strip()
+    if any(a.startswith("-") for a in argv):
+        print(usage, file=sys.stderr)
         return 2
-    took = build()
+    known = {n for names in OPS.values() for n in names}
+    unknown = [a for a in argv if a not in known]
+    if unknown:
+        print(f"unknown builder(s) {', '.join(unknown)}: choose from {', '.join(sorted(known))}\n{usage}",
+              file=sys.stderr)
+        return 2
+    took = build(tuple(argv) or None)
     print("DeepSpeed ops ready: " + (", ".join(f"{k} {v} s" for k, v in took.items()) or "none to build"))
     return 0
 
