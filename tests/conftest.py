@@ -37,8 +37,8 @@ def ray_local():
 # the background, ~5 min of one core on a fresh clone) run after every other module: no test waits
 # on torch's build lock (test_gpu_check waited ~80 s). The shared-memory op every engine loads is
 # built first at normal priority, and is done before the multi-node cluster starts (CI saw a node
-# miss `ray start`'s 30-s registration while a normal-priority build ran); CPU Adam follows at
-# nice 19, which takes only the CPU that the tests leave idle.
+# miss `ray start`'s 30-s registration while a normal-priority build ran); CPU Adam follows in the
+# background (sbs.student.ds_ops.lower_priority), taking only the CPU that the tests leave idle.
 NEEDS_DS_OPS = ("test_gpu_check.py", "test_student_ray.py", "test_sweep.py", "test_multinode.py")
 
 

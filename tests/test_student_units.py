@@ -425,3 +425,22 @@ def test_jit_builds_use_the_ninja_beside_the_interpreter(monkeypatch):
     first = os.environ["PATH"]
     ds_ops.use_own_ninja()  # once: PATH does not grow per call
     assert os.environ["PATH"] == first and first.split(os.pathsep)[:2] == [str(own), "/usr/bin"]
+
+
+def test_background_build_runs_in_its_own_lowest_priority_session():
+    """`ds_ops --background` (how `make test` builds CPU Adam beside the tests): its own session, so
+    autogroup scheduling cannot hand it a fair share beside the tests' sessions, at nice 19 and
+    SCHED_IDLE, all inherited by the compiler it starts."""
+    import subprocess
+    import sys
+
+    code = ("import os; from sbs.student.ds_ops import lower_priority; lower_priority(); "
+            "print(os.getsid(0) == os.getpid(), os.nice(0), os.sched_getscheduler(0) == os.SCHED_IDLE); "
+            "os.execvp('sh', ['sh', '-c', 'cat /proc/self/autogroup 2>/dev/null; echo; nice'])")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.split()
+    assert lines[:3] == ["True", "19", "True"], r.stdout
+    assert lines[-1] == "19", r.stdout  # a child (here sh's `nice`) inherits it
+    if "autogroup" in r.stdout:
+        assert "nice 19" in r.stdout, r.stdout
