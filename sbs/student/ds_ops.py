@@ -65,12 +65,14 @@ def lower_priority() -> None:
     process at nice 19 under SCHED_IDLE."""
     try:
         os.setsid()
-    except OSError:  # already a session leader
-        pass
-    try:
-        Path("/proc/self/autogroup").write_text("19")
-    except OSError:  # no autogroup scheduling here: the per-process settings below suffice
-        pass
+        own_session = True
+    except OSError:  # a process group leader cannot start a session
+        own_session = os.getsid(0) == os.getpid()
+    if own_session:  # never renice a group this process shares with others (e.g. the test run's)
+        try:
+            Path("/proc/self/autogroup").write_text("19")
+        except OSError:  # no autogroup scheduling here: the per-process settings below suffice
+            pass
     os.nice(19 - os.nice(0))
     if hasattr(os, "SCHED_IDLE"):
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
