@@ -139,7 +139,6 @@ def run_sweep(cfg: SweepConfig, max_cells: int | None = None) -> dict[str, Any]:
     # Pre-flight: every cell's student config must load before any cell starts, so a typo fails
     # in a second here rather than once per cell after Ray has started.
     from sbs.student.config import load_train_config
-
     from sbs.student.data import accepted_files
 
     for c in todo:

@@ -2,8 +2,8 @@
 
 DeepSpeed JIT-compiles its ops on first use into TORCH_EXTENSIONS_DIR: on CPU the shared-memory
 all-reduce that every DeepSpeed process group loads (about 45 s on 2 cores) and the CPU Adam that
-`train.offload` steps with (about 75 s). Built here once, e.g. by `make test` while the vLLM
-environment installs, a training run finds them cached instead of stalling its workers.
+`train.offload` steps with (about 75 s). Built here once (`make ds-ops`; `make test` builds them
+beside its first tests), a training run finds them cached instead of stalling its workers.
 
 The build runs `ninja` from PATH, and a cache written by one ninja is rebuilt by another (a
 system 1.11 and the venv's 1.13 hash their commands differently: a 2-step run that found the
@@ -60,9 +60,9 @@ def lower_priority() -> None:
 
     `nice` alone does not do it on a kernel with autogroup scheduling (the default on desktop and
     many server kernels): CPU is shared fairly between sessions first, and the Ray workers of the
-    tests beside the build each run in sessions of their own; a nice-19 build measured no slower
-    than a nice-0 one there. So: a session (autogroup) of its own, that group at nice 19, and the
-    process at nice 19 under SCHED_IDLE."""
+    tests beside the build each run in sessions of their own: beside a nice-19 build, `make test`
+    ran no faster than beside a nice-0 one. So: a session (autogroup) of its own, that group at
+    nice 19, and the process at nice 19 under SCHED_IDLE."""
     try:
         os.setsid()
         own_session = True
