@@ -32,7 +32,7 @@ from sbs.student.models import build_trainable
 from sbs.student.recorded import write_accepted
 
 
-def recorded_rows(dataset: str, n: int) -> list[dict[str, str]]:
+def recorded_rows(dataset: str, n: int | None) -> list[dict[str, str]]:
     from sbs.datasets import get_dataset
 
     ds = get_dataset(dataset)
@@ -40,7 +40,7 @@ def recorded_rows(dataset: str, n: int) -> list[dict[str, str]]:
     with tempfile.TemporaryDirectory() as d:
         write_accepted(dataset, split, d)
         acc = read_accepted(d)
-    ex = [e for e in ds.load(split) if e.id in acc][:n]
+    ex = [e for e in ds.load(split) if e.id in acc][:n]  # n=None: all of them
     return [{"id": e.id, "input": e.input, "label": e.label, "rationale": acc[e.id]["rationale"]} for e in ex]
 
 
@@ -51,17 +51,22 @@ def hf_default_loss(model, batch, method: str, weight: float):
     return loss, {"loss": loss.item()}
 
 
-def time_method(model, tok, kind: str, rows, method: str, args, loss_fn=compute_loss) -> dict[str, float]:
-    """Seconds per optimizer step of the training loop's own step (sbs.student.loop.optimizer_step:
-    AdamW, warm-up schedule, gradient clipping) on `rows`, plus the collation share of it."""
-    cfg = StudentTrainConfig.model_validate({
-        "model": {"name": args.model, "lora_r": args.lora_r, "lora_layers": args.lora_layers},
+def make_cfg(args, method: str, batch: int) -> StudentTrainConfig:
+    return StudentTrainConfig.model_validate({
+        "model": {"name": args.model, "lora_r": args.lora_r, "lora_layers": args.lora_layers,
+                  "output_vocab": args.output_vocab},
         "data": {"dataset": args.dataset, "rationales": "recorded", "max_input_length": args.max_input,
                  "max_label_length": args.max_label, "max_rationale_length": args.max_rationale},
         "method": {"name": method},
-        "train": {"engine": "ddp", "global_batch": len(rows), "micro_batch": len(rows), "lr": 1e-5,
-                  "warmup_steps": 1}})
-    collate = Collator(tok, make_meta(cfg, kind))
+        "train": {"engine": "ddp", "global_batch": batch, "micro_batch": batch, "lr": 1e-5, "warmup_steps": 1}})
+
+
+def time_method(model, tok, kind: str, rows, method: str, args, loss_fn=compute_loss,
+                vocab: list[int] | None = None) -> dict[str, float]:
+    """Seconds per optimizer step of the training loop's own step (sbs.student.loop.optimizer_step:
+    AdamW, warm-up schedule, gradient clipping) on `rows`, plus the collation share of it."""
+    cfg = make_cfg(args, method, len(rows))
+    collate = Collator(tok, make_meta(cfg, kind, vocab))
     opt, sched = make_optimizer(cfg, model)
     model.train()
     collate_s, step_s = [], []
@@ -91,6 +96,9 @@ def main() -> None:
     p.add_argument("--max-input", type=int, default=128)
     p.add_argument("--max-label", type=int, default=32)
     p.add_argument("--max-rationale", type=int, default=128)
+    p.add_argument("--output-vocab", choices=["full", "task"], default="full",
+                   help="model.output_vocab: 'task' finds the vocabulary from every recorded training row, "
+                   "as training does (the HF default loss keeps the whole vocabulary)")
     p.add_argument("--skip-hf-loss", action="store_true", help="causal students: do not time HF's default loss")
     p.add_argument("--quick", action="store_true", help="tiny-gemma3, batch 8, 3 steps: checks the script, "
                    "not the machine")
@@ -102,11 +110,20 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     model, tok, kind = build_trainable(ModelConfig(name=args.model, lora_r=args.lora_r, lora_layers=args.lora_layers))
     rows = recorded_rows(args.dataset, args.batch)
-    res = {m: time_method(model, tok, kind, rows, m, args) for m in ("standard", "multitask")}
+    vocabs: dict[str, list[int] | None] = {"standard": None, "multitask": None}
+    if args.output_vocab == "task":
+        from sbs.student.vocab import task_vocab
+
+        every = recorded_rows(args.dataset, None)
+        for m in vocabs:  # each method's own training rows (standard's targets hold no rationale)
+            vocabs[m] = task_vocab(make_cfg(args, m, args.batch),
+                                   [dict(r, rationale=r["rationale"] if m == "multitask" else "") for r in every])
+    res = {m: time_method(model, tok, kind, rows, m, args, vocab=vocabs[m]) for m in ("standard", "multitask")}
     if kind == "causal" and not args.skip_hf_loss:
         res["standard_hf_loss"] = time_method(model, tok, kind, rows, "standard", args, hf_default_loss)
     out = {"model": args.model, "dataset": args.dataset, "lora_r": args.lora_r, "lora_layers": args.lora_layers,
-           "batch": args.batch,
+           "output_vocab": args.output_vocab,
+           **{f"{m}_vocab_size": len(v) for m, v in vocabs.items() if v is not None}, "batch": args.batch,
            "threads": torch.get_num_threads(), "steps": args.steps,
            **{f"{m}_{k}": round(v, 4) for m, r in res.items() for k, v in r.items()},
            "ratio_multitask_over_standard": round(res["multitask"]["step_s"] / res["standard"]["step_s"], 3)}

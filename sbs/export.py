@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 
 from sbs import __version__
 from sbs.config import Config, format_validation_error
@@ -49,9 +49,19 @@ class ExportMeta(Config):
     max_rationale_length: int = Field(128, gt=0)
     show_choices: bool = Field(True, description="the input lists the answer choices (CQA); false: the "
                                "question alone (data.show_choices)")
+    output_vocab: list[int] | None = Field(None, description="causal students with model.output_vocab=task: the "
+                                           "sorted token ids the student's softmax runs over (sbs.student.vocab); "
+                                           "empty: the whole vocabulary")
     run_name: str = ""
     created: float = Field(default_factory=time.time)
     metrics: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("output_vocab")
+    @classmethod
+    def _sorted_ids(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and (not v or v[0] < 0 or any(a >= b for a, b in zip(v, v[1:]))):
+            raise ValueError("must be a non-empty list of distinct token ids >= 0 in increasing order")
+        return v
 
     @property
     def can_explain(self) -> bool:

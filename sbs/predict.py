@@ -14,6 +14,7 @@ import torch
 
 from sbs.export import ExportMeta
 from sbs.student.causal import IGNORE, branch_scores, encode_rows, prompt_ids
+from sbs.student.vocab import suppressed, vocab_size
 
 
 def load_model(export_dir: str | Path, kind: str, dtype: torch.dtype | None = None) -> Any:
@@ -58,6 +59,8 @@ class Student:
         if meta.model_kind == "causal" and self.tok.pad_token is None:
             self.tok.pad_token = self.tok.eos_token
         self.eos = self.tok.eos_token_id if self.tok.eos_token_id is not None else self.tok.sep_token_id
+        if meta.output_vocab is not None:  # a task vocabulary: generation never leaves it (sbs.student.vocab)
+            self.generate_kwargs.setdefault("suppress_tokens", suppressed(meta.output_vocab, vocab_size(model)))
 
     @classmethod
     def load(cls, export_dir: str | Path, device: str = "cpu", dtype: torch.dtype | None = None) -> "Student":
@@ -113,7 +116,7 @@ class Student:
             n = max(map(len, targets))
             batch = encode_rows(self.tok, [m.label_input(x) for x in inputs],
                                 [[(m.causal_separator, m.causal_target(t)) for t in ts] for ts in targets],
-                                m.max_input_length, [max_t] * n, self.eos, self.tok.pad_token_id)
+                                m.max_input_length, [max_t] * n, self.eos, self.tok.pad_token_id, m.output_vocab)
             batch = {k: v.to(self.device) for k, v in batch.items()}
             scores = branch_scores(self.model, batch, n, normalize).tolist()
             return [row[: len(ts)] for row, ts in zip(scores, targets)]

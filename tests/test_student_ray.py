@@ -148,7 +148,7 @@ def lora_causal(ray_local, work, tmp_path_factory):
     over = tiny(work, "lora", "model.name=tiny-gemma3", "model.lora_r=4", "data.dataset=esnli",
                 "data.train_split=valid", f"data.rationales={d / 'rationales'}", "data.max_input_length=96",
                 "data.max_rationale_length=32", "train.engine=deepspeed", "train.zero_stage=2",
-                "train.eval_every=2", "train.lr=1e-2")
+                "train.eval_every=2", "train.lr=1e-2", "model.output_vocab=task")
     first = train([*over, "train.steps=4"])
     again = train([*over, "train.steps=6"])
     return first, again
@@ -179,6 +179,33 @@ def test_lora_causal_student_trains_exports_merged_and_resumes_its_curve(lora_ca
     assert all(h["label_loss"] > 0 and h["rationale_loss"] > 0 for h in hist if "loss" in h)
     png = (export / "train_curves.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+
+def test_task_vocabulary_travels_with_the_export_and_plain_generate_keeps_to_it(lora_causal):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from sbs.datasets import get_dataset
+    from sbs.export import ExportMeta
+    from sbs.predict import Student
+    from sbs.student.causal import prompt_ids
+
+    export = lora_causal[1].export_dir
+    meta = ExportMeta.read(export)
+    model = AutoModelForCausalLM.from_pretrained(export)
+    tok = AutoTokenizer.from_pretrained(export)
+    vocab = set(meta.output_vocab)
+    assert 0 < len(vocab) < model.config.vocab_size
+    assert set(model.generation_config.suppress_tokens) == set(range(model.config.vocab_size)) - vocab
+    ds = get_dataset("esnli")
+    xs = [ds.student_text(e.fields) for e in ds.load("test", limit=3)]
+    preds = Student.load(export).predict(xs)
+    for x, p in zip(xs, preds):  # plain transformers, the export's own generation_config
+        ids = torch.tensor([prompt_ids(tok, x, meta.causal_separator, meta.max_input_length)])  # truncated as trained
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                             max_new_tokens=meta.max_label_length)[0, ids.shape[1]:]
+        assert set(out.tolist()) <= vocab | {tok.pad_token_id}
+        assert p.raw == tok.decode(out, skip_special_tokens=True).strip()
 
 
 def test_sbs_eval_choice_decoding_ranks_the_label_space(lora_causal, tmp_path):

@@ -13,25 +13,29 @@ docs/student.md says why. With one branch the plain 2-D mask is used (no 4-D mas
 
 The LM head runs only at the positions whose next token is a target (`logits_to_keep` as a
 boolean mask): for Gemma 3 (262k vocabulary) that is most of a training step's cost otherwise.
-Both are exact: tests/test_causal.py compares against separate plain forward passes.
+With a task output vocabulary (`sbs.student.vocab`) it also computes only that vocabulary's rows.
+All are exact: tests/test_causal.py compares against separate plain forward passes.
 """
 from __future__ import annotations
 
 from typing import Any, Sequence
 
 import torch
-import torch.nn.functional as F
+
+from sbs.student.vocab import restricted_head, target_logprobs
 
 IGNORE = -100
 PAD_SEGMENT = -1
 
 
 def encode_rows(tok: Any, prefixes: Sequence[str], branches: Sequence[Sequence[tuple[str, str]]],
-                max_prefix: int, max_targets: Sequence[int], eos: int, pad: int) -> dict[str, torch.Tensor]:
+                max_prefix: int, max_targets: Sequence[int], eos: int, pad: int,
+                vocab: Sequence[int] | None = None) -> dict[str, torch.Tensor]:
     """Token tensors for rows of (prefix text, [(marker, target), ...]); right-padded.
 
     Returns input_ids, labels (IGNORE but on target tokens, HF-aligned: labels[t] is token t),
-    segments (0 prefix, k for branch k, -1 padding) and position_ids. Tokenisation is the same
+    segments (0 prefix, k for branch k, -1 padding) and position_ids, plus `vocab` (the sorted
+    output vocabulary, `sbs.student.vocab`) when the student has one. Tokenisation is the same
     at inference (`prompt_ids`): the prefix with special tokens, markers and targets without.
     """
     rows_ids, rows_lab, rows_seg, rows_pos = [], [], [], []
@@ -51,8 +55,11 @@ def encode_rows(tok: Any, prefixes: Sequence[str], branches: Sequence[Sequence[t
     def pad_to(rows: list[list[int]], value: int) -> torch.Tensor:
         return torch.tensor([r + [value] * (width - len(r)) for r in rows], dtype=torch.long)
 
-    return {"input_ids": pad_to(rows_ids, pad), "labels": pad_to(rows_lab, IGNORE),
-            "segments": pad_to(rows_seg, PAD_SEGMENT), "position_ids": pad_to(rows_pos, 0)}
+    out = {"input_ids": pad_to(rows_ids, pad), "labels": pad_to(rows_lab, IGNORE),
+           "segments": pad_to(rows_seg, PAD_SEGMENT), "position_ids": pad_to(rows_pos, 0)}
+    if vocab is not None:
+        out["vocab"] = torch.tensor(vocab, dtype=torch.long)
+    return out
 
 
 def prefix_ids(tok: Any, text: str, max_len: int) -> list[int]:
@@ -119,7 +126,8 @@ def _param_dtype(model: Any) -> torch.dtype:
 
 
 def token_logprobs(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(log p of each target token, its segment, its row): the LM head runs on target positions only."""
+    """(log p of each target token, its segment, its row): the LM head runs on target positions only,
+    and over the batch's output `vocab` only when it has one (-inf for a target outside it)."""
     segs, labels = batch["segments"], batch["labels"]
     multi = int(segs.max()) > 1
     keep = torch.zeros_like(labels, dtype=torch.bool)
@@ -130,9 +138,11 @@ def token_logprobs(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Te
         kw["position_ids"] = batch["position_ids"]
     else:  # one branch: an ordinary right-padded row, the default 2-D mask and positions
         kw["attention_mask"] = (segs != PAD_SEGMENT).long()
-    logits = model(**kw).logits.float()  # (N, V): one row per kept position
+    vocab = batch.get("vocab")
+    with restricted_head(model, vocab):
+        logits = model(**kw).logits.float()  # (N, V or len(vocab)): one row per kept position
     targets = labels[:, 1:][keep[:, :-1]]
-    logp = -F.cross_entropy(logits, targets, reduction="none")
+    logp = target_logprobs(logits, targets, vocab)
     rows = torch.arange(labels.shape[0], device=labels.device)[:, None].expand_as(labels)
     return logp, segs[:, 1:][keep[:, :-1]], rows[:, :-1][keep[:, :-1]]
 
@@ -140,6 +150,9 @@ def token_logprobs(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Te
 def branch_losses(model: Any, batch: dict[str, torch.Tensor], n_branches: int) -> list[torch.Tensor]:
     """Mean token cross-entropy of each branch over the batch (what separate passes would give)."""
     logp, seg, _ = token_logprobs(model, batch)
+    if "vocab" in batch and bool(torch.isinf(logp).any()):
+        raise ValueError("a training target token is outside the student's output vocabulary "
+                         "(model.output_vocab=task): the vocabulary was found from other rows")
     return [-logp[seg == k].mean() for k in range(1, n_branches + 1)]
 
 

