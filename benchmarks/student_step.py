@@ -11,7 +11,8 @@ on real rows with the recorded PaLM rationales. Prints seconds per step (median 
 causal multi-task step as one pass over the shared input; the paper's two-pass step costs one
 extra forward+backward), and, for causal students, HF's default loss (`model(..., labels=)`:
 logits over the whole vocabulary at every position) / sbs's (logits at target positions only),
-same batch. Not a test.
+same batch. Causal students are timed with the whole vocabulary and with the task's
+(`model.output_vocab=task`, docs/student.md), unless --output-vocab picks one. Not a test.
 """
 from __future__ import annotations
 
@@ -51,10 +52,10 @@ def hf_default_loss(model, batch, method: str, weight: float):
     return loss, {"loss": loss.item()}
 
 
-def make_cfg(args, method: str, batch: int) -> StudentTrainConfig:
+def make_cfg(args, method: str, batch: int, vocab: str = "full") -> StudentTrainConfig:
     return StudentTrainConfig.model_validate({
         "model": {"name": args.model, "lora_r": args.lora_r, "lora_layers": args.lora_layers,
-                  "output_vocab": args.output_vocab},
+                  "output_vocab": vocab},
         "data": {"dataset": args.dataset, "rationales": "recorded", "max_input_length": args.max_input,
                  "max_label_length": args.max_label, "max_rationale_length": args.max_rationale},
         "method": {"name": method},
@@ -96,9 +97,10 @@ def main() -> None:
     p.add_argument("--max-input", type=int, default=128)
     p.add_argument("--max-label", type=int, default=32)
     p.add_argument("--max-rationale", type=int, default=128)
-    p.add_argument("--output-vocab", choices=["full", "task"], default="full",
-                   help="model.output_vocab: 'task' finds the vocabulary from every recorded training row, "
-                   "as training does (the HF default loss keeps the whole vocabulary)")
+    p.add_argument("--output-vocab", choices=["full", "task", "both"], default="both",
+                   help="model.output_vocab to time sbs's steps with ('both': each, same batch); 'task' finds "
+                   "the vocabulary from every recorded training row, as training does (HF's default loss "
+                   "always takes the whole vocabulary)")
     p.add_argument("--skip-hf-loss", action="store_true", help="causal students: do not time HF's default loss")
     p.add_argument("--quick", action="store_true", help="tiny-gemma3, batch 8, 3 steps: checks the script, "
                    "not the machine")
@@ -110,31 +112,39 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     model, tok, kind = build_trainable(ModelConfig(name=args.model, lora_r=args.lora_r, lora_layers=args.lora_layers))
     rows = recorded_rows(args.dataset, args.batch)
-    vocabs: dict[str, list[int] | None] = {"standard": None, "multitask": None}
-    if args.output_vocab == "task":
+    kinds = {"full": ["full"], "task": ["task"], "both": ["full", "task"]}[args.output_vocab]
+    if kind != "causal":  # a task vocabulary is for causal students
+        kinds = ["full"]
+    vocabs: dict[str, list[int]] = {}
+    if "task" in kinds:
         from sbs.student.vocab import task_vocab
 
         every = recorded_rows(args.dataset, None)
-        for m in vocabs:  # each method's own training rows (standard's targets hold no rationale)
-            vocabs[m] = task_vocab(make_cfg(args, m, args.batch),
+        for m in ("standard", "multitask"):  # each method's own training rows (standard's hold no rationale)
+            vocabs[m] = task_vocab(make_cfg(args, m, args.batch, "task"),
                                    [dict(r, rationale=r["rationale"] if m == "multitask" else "") for r in every])
-    res = {m: time_method(model, tok, kind, rows, m, args, vocab=vocabs[m]) for m in ("standard", "multitask")}
+    res: dict[str, dict[str, float]] = {}
+    for v in kinds:
+        for m in ("standard", "multitask"):
+            res[m + ("_task_vocab" if v == "task" else "")] = time_method(
+                model, tok, kind, rows, m, args, vocab=vocabs.get(m) if v == "task" else None)
     if kind == "causal" and not args.skip_hf_loss:
         res["standard_hf_loss"] = time_method(model, tok, kind, rows, "standard", args, hf_default_loss)
     out = {"model": args.model, "dataset": args.dataset, "lora_r": args.lora_r, "lora_layers": args.lora_layers,
-           "output_vocab": args.output_vocab,
-           **{f"{m}_vocab_size": len(v) for m, v in vocabs.items() if v is not None}, "batch": args.batch,
-           "threads": torch.get_num_threads(), "steps": args.steps,
-           **{f"{m}_{k}": round(v, 4) for m, r in res.items() for k, v in r.items()},
-           "ratio_multitask_over_standard": round(res["multitask"]["step_s"] / res["standard"]["step_s"], 3)}
-    if "standard_hf_loss" in res:
-        out["ratio_hf_loss_over_sbs"] = round(res["standard_hf_loss"]["step_s"] / res["standard"]["step_s"], 3)
+           "output_vocab": args.output_vocab, **{f"{m}_vocab_size": len(v) for m, v in vocabs.items()},
+           "batch": args.batch, "threads": torch.get_num_threads(), "steps": args.steps,
+           **{f"{m}_{k}": round(v, 4) for m, r in res.items() for k, v in r.items()}}
+    for suffix in [s for s in ("", "_task_vocab") if "standard" + s in res]:
+        std = res["standard" + suffix]["step_s"]
+        out[f"ratio_multitask_over_standard{suffix}"] = round(res["multitask" + suffix]["step_s"] / std, 3)
+        if "standard_hf_loss" in res:
+            out[f"ratio_hf_loss_over_sbs{suffix}"] = round(res["standard_hf_loss"]["step_s"] / std, 3)
     for m, r in res.items():
-        print(f"{m:16s}: {r['step_s']:.3f} s/step, collation {r['collate_s'] * 1000:.1f} ms "
+        print(f"{m:26s}: {r['step_s']:.3f} s/step, collation {r['collate_s'] * 1000:.1f} ms "
               f"({100 * r['collate_share']:.1f}% of the step)")
-    print(f"multitask / standard step time: {out['ratio_multitask_over_standard']:.2f}x")
-    if "ratio_hf_loss_over_sbs" in out:
-        print(f"HF default loss / sbs step time: {out['ratio_hf_loss_over_sbs']:.2f}x")
+    for k, v in out.items():
+        if k.startswith("ratio_"):
+            print(f"{k}: {v:.2f}x")
     print(json.dumps(out))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
