@@ -65,6 +65,33 @@ def test_paired_comparisons_over_seeds_and_test_examples(tmp_path):
     assert "| cqa | 1 | multitask - standard | generate | 3 | +25.0 | [+25.0, +25.0] | 4 |" in md
 
 
+def test_two_sweeps_pair_cell_by_cell_and_the_report_names_a_missing_baseline(tmp_path):
+    """Sweep A (one setting changed) against sweep B: same method and seed paired; A's multitask
+    gets a, b right where B's gets a alone, on seeds 0 and 1 (B's seed 2 has no partner)."""
+    def sweep(name: str, right: str, seeds: range) -> tuple[Path, list[dict]]:
+        out, rows = tmp_path / name, []
+        for seed in seeds:
+            r = _row("multitask", 1.0, seed, len(right) / 4)
+            rows.append(r)
+            (out / "cells" / r["cell"]).mkdir(parents=True)
+            (out / "cells" / r["cell"] / results.PER_EXAMPLE).write_text(
+                json.dumps({"generate": {i: i in right for i in "abcd"}}))
+        return out, rows
+
+    a, rows_a = sweep("vocab", "ab", range(2))
+    b, rows_b = sweep("whole", "a", range(3))
+    for out, rows in ((a, rows_a), (b, rows_b)):
+        for r in rows:
+            (out / "cells" / r["cell"] / "result.json").write_text(json.dumps(r))
+    (row,) = results.compare_sweeps(a, b, n_boot=200)
+    assert (row["a"], row["b"], row["seeds"], row["mean_diff"]) == ("vocab: multitask", "whole: multitask", 2, 0.25)
+    assert row["examples"] == 4 and row["decoding"] == "generate"
+    paths = results.write_tables(a, rows_a, baseline=b)
+    assert "| svamp | 1 | vocab: multitask - whole: multitask | generate | 2 | +25.0 |" in paths["table_md"].read_text()
+    with pytest.raises(ValueError, match="baseline: .* holds no sweep cells"):
+        results.write_tables(a, rows_a, baseline=tmp_path / "nowhere")
+
+
 def test_config_checks_name_the_field():
     with pytest.raises(ConfigError, match=r"datasets.0.rationales"):
         load_config(SweepConfig, None, ["name=x", "out=o", "datasets=[{name: svamp}]", "methods=[multitask]"])

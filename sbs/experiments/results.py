@@ -59,12 +59,41 @@ def _per_example(out: Path, cell: str, decoding: str) -> dict[str, bool] | None:
     return json.loads(p.read_text(encoding="utf-8")).get(decoding) if p.is_file() else None
 
 
+def _paired(pa: list[dict[str, Any]], pb: list[dict[str, Any]], out_a: Path, out_b: Path, decoding: str,
+            key: str, rng_key: str, n_boot: int) -> dict[str, Any] | None:
+    """Cells `pa` minus cells `pb`, paired by position (one seed each): the mean difference with a
+    95% t interval over the pairs, and a paired bootstrap over the test examples both scored."""
+    import random
+
+    if any(c.get(key) is None for c in pa + pb):
+        return None
+    diffs = [float(x[key]) - float(y[key]) for x, y in zip(pa, pb)]
+    mean = statistics.fmean(diffs)
+    half = (_T975.get(len(diffs) - 1, 1.96) * statistics.stdev(diffs) / math.sqrt(len(diffs))
+            if len(diffs) > 1 else None)
+    row = {"decoding": decoding, "seeds": len(pa), "mean_diff": round(mean, 4),
+           "seed_ci95": None if half is None else [round(mean - half, 4), round(mean + half, 4)]}
+    ex_a = [_per_example(out_a, c["cell"], decoding) for c in pa]
+    ex_b = [_per_example(out_b, c["cell"], decoding) for c in pb]
+    if all(ex_a) and all(ex_b):
+        ids = sorted(set.intersection(*(set(e) for e in ex_a + ex_b)))
+        d = [statistics.fmean(float(e[i]) for e in ex_a) - statistics.fmean(float(e[i]) for e in ex_b)
+             for i in ids]
+        rng = random.Random(rng_key)
+        boots = sorted(statistics.fmean(rng.choices(d, k=len(d))) for _ in range(n_boot))
+        row.update({"examples": len(ids), "boot_ci95": [round(boots[int(0.025 * n_boot)], 4),
+                                                      round(boots[int(0.975 * n_boot) - 1], 4)],
+                    "boot_p_not_better": round(sum(x <= 0 for x in boots) / n_boot, 4)})
+    return row
+
+
+DECODING_KEYS = (("generate", "test_accuracy"), ("choices", "test_choice_accuracy"))
+
+
 def paired_comparisons(out: Path, cells: list[dict[str, Any]], n_boot: int = 2000) -> list[dict[str, Any]]:
     """Multitask against standard and against distill, per dataset and fraction, on the seeds both ran:
     the mean test-accuracy difference with a 95% t interval over seeds, and a paired bootstrap over
     test examples (each example's correctness averaged over seeds; examples resampled, seeded)."""
-    import random
-
     by = {(c["dataset"], c["method"], float(c["fraction"]), c["seed"]): c for c in cells}
     rows = []
     for ds, f in sorted({(c["dataset"], float(c["fraction"])) for c in cells}):
@@ -72,30 +101,27 @@ def paired_comparisons(out: Path, cells: list[dict[str, Any]], n_boot: int = 200
             seeds = sorted(s for (d, m, fr, s) in by if (d, m, fr) == (ds, a, f) and (ds, b, f, s) in by)
             if not seeds:
                 continue
-            for decoding, key in (("generate", "test_accuracy"), ("choices", "test_choice_accuracy")):
-                pa = [by[(ds, a, f, s)] for s in seeds]
-                pb = [by[(ds, b, f, s)] for s in seeds]
-                if any(c.get(key) is None for c in pa + pb):
-                    continue
-                diffs = [float(x[key]) - float(y[key]) for x, y in zip(pa, pb)]
-                mean = statistics.fmean(diffs)
-                half = (_T975.get(len(diffs) - 1, 1.96) * statistics.stdev(diffs) / math.sqrt(len(diffs))
-                        if len(diffs) > 1 else None)
-                row = {"dataset": ds, "fraction": f, "a": a, "b": b, "decoding": decoding, "seeds": len(seeds),
-                       "mean_diff": round(mean, 4),
-                       "seed_ci95": None if half is None else [round(mean - half, 4), round(mean + half, 4)]}
-                ex_a = [_per_example(out, c["cell"], decoding) for c in pa]
-                ex_b = [_per_example(out, c["cell"], decoding) for c in pb]
-                if all(ex_a) and all(ex_b):
-                    ids = sorted(set.intersection(*(set(e) for e in ex_a + ex_b)))
-                    d = [statistics.fmean(float(e[i]) for e in ex_a) - statistics.fmean(float(e[i]) for e in ex_b)
-                         for i in ids]
-                    rng = random.Random(f"{ds}-{f}-{a}-{b}-{decoding}")
-                    boots = sorted(statistics.fmean(rng.choices(d, k=len(d))) for _ in range(n_boot))
-                    row.update({"examples": len(ids), "boot_ci95": [round(boots[int(0.025 * n_boot)], 4),
-                                                                  round(boots[int(0.975 * n_boot) - 1], 4)],
-                                "boot_p_not_better": round(sum(x <= 0 for x in boots) / n_boot, 4)})
-                rows.append(row)
+            for decoding, key in DECODING_KEYS:
+                row = _paired([by[(ds, a, f, s)] for s in seeds], [by[(ds, b, f, s)] for s in seeds], out, out,
+                              decoding, key, f"{ds}-{f}-{a}-{b}-{decoding}", n_boot)
+                if row is not None:
+                    rows.append({"dataset": ds, "fraction": f, "a": a, "b": b, **row})
+    return rows
+
+
+def compare_sweeps(out_a: Path, out_b: Path, n_boot: int = 2000) -> list[dict[str, Any]]:
+    """Sweep `out_a` against sweep `out_b` (e.g. one setting changed): each dataset, method and
+    fraction both ran, paired over the seeds both ran, as `paired_comparisons` pairs methods."""
+    ca = {(c["dataset"], c["method"], float(c["fraction"]), c["seed"]): c for c in read_cells(out_a)}
+    cb = {(c["dataset"], c["method"], float(c["fraction"]), c["seed"]): c for c in read_cells(out_b)}
+    rows = []
+    for ds, m, f in sorted({k[:3] for k in ca if k in cb}):
+        seeds = sorted(k[3] for k in ca if k[:3] == (ds, m, f) and k in cb)
+        for decoding, key in DECODING_KEYS:
+            row = _paired([ca[(ds, m, f, s)] for s in seeds], [cb[(ds, m, f, s)] for s in seeds], out_a, out_b,
+                          decoding, key, f"{ds}-{f}-{m}-{decoding}", n_boot)
+            if row is not None:
+                rows.append({"dataset": ds, "fraction": f, "a": f"{out_a.name}: {m}", "b": f"{out_b.name}: {m}", **row})
     return rows
 
 
@@ -169,7 +195,7 @@ def comparison_markdown(summary: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def write_tables(out: Path, cells: list[dict[str, Any]]) -> dict[str, Path]:
+def write_tables(out: Path, cells: list[dict[str, Any]], baseline: Path | None = None) -> dict[str, Path]:
     summary = summarize(cells)
     paths = {"cells_csv": out / "cells.csv", "results_csv": out / "results.csv", "results_json": out / "results.json",
              "table_md": out / "results.md"}
@@ -182,6 +208,10 @@ def write_tables(out: Path, cells: list[dict[str, Any]]) -> dict[str, Path]:
         w.writeheader()
         w.writerows(summary)
     paired = paired_comparisons(out, cells)
+    if baseline is not None:
+        if not (baseline / "cells").is_dir():
+            raise ValueError(f"baseline: {baseline} holds no sweep cells (cells/*/result.json)")
+        paired += compare_sweeps(out, baseline)
     paths["results_json"].write_text(json.dumps({"summary": summary, "paired": paired, "cells": cells}, indent=2),
                                      encoding="utf-8")
     paths["table_md"].write_text(comparison_markdown(summary) + "\n" + paired_markdown(paired), encoding="utf-8")

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sbs.config import load_config
+from sbs.config import ConfigError, load_config
 from sbs.experiments import results
 from sbs.experiments.sweep_config import SweepConfig, SweepDataset
 from sbs.ray_local import connect
@@ -119,7 +119,8 @@ def report(cfg: SweepConfig) -> dict[str, Any]:
     done = results.read_cells(out)
     paths: dict[str, Any] = {}
     if done:
-        paths = {k: str(v) for k, v in results.write_tables(out, done).items()}
+        base = Path(cfg.baseline) if cfg.baseline else None
+        paths = {k: str(v) for k, v in results.write_tables(out, done, base).items()}
         paths["plots"] = [str(p) for p in results.write_plots(out, results.summarize(done))]
     return {"finished_cells": len(done), **paths}
 
@@ -193,6 +194,8 @@ def run(args: argparse.Namespace) -> int:
     if cfg.student_config and not Path(cfg.student_config).is_absolute():
         # like `include:`, a student config named in a sweep YAML is relative to that YAML
         cfg.student_config = str((Path(args.config).parent / cfg.student_config).resolve())
+    if cfg.baseline and not (Path(cfg.baseline) / "cells").is_dir():
+        raise ConfigError(f"baseline: {cfg.baseline} holds no sweep cells (<out>/cells/*/result.json)")
     if args.report_only:
         print(json.dumps(report(cfg), indent=2))
         return 0

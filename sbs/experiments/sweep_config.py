@@ -31,6 +31,9 @@ class SweepConfig(Config):
     seeds: list[int] = Field(default_factory=lambda: [0, 1], min_length=1)
     parallel_cells: int = Field(1, ge=1, description="cells trained at once (each is its own Ray Train run; "
                                 "Ray schedules them as their CPUs allow)")
+    baseline: str | None = Field(None, description="another sweep's out dir: the report also pairs each of this "
+                                 "sweep's dataset/method/fraction with that sweep's, over the seeds both ran (a "
+                                 "setting changed between two sweeps)")
     eval_batch: int = Field(32, ge=1, description="generation batch for the test evaluation")
     keep_artifacts: bool = Field(False, description="keep each cell's exported model and Ray Train checkpoints "
                                  "(hundreds of MB per cell for MiniLM); the result row is always kept")
