@@ -51,7 +51,7 @@ class ExportMeta(Config):
                                "question alone (data.show_choices)")
     output_vocab: list[int] | None = Field(None, description="causal students with model.output_vocab=task: the "
                                            "sorted token ids the student's softmax runs over (sbs.student.vocab); "
-                                           "empty: the whole vocabulary")
+                                           "null: the whole vocabulary")
     run_name: str = ""
     created: float = Field(default_factory=time.time)
     metrics: dict[str, Any] = Field(default_factory=dict)
