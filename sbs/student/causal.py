@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 import torch
 
-from sbs.student.vocab import restricted_head, target_logprobs
+from sbs.student.vocab import restricted_head, target_logprobs, unwrap
 
 IGNORE = -100
 PAD_SEGMENT = -1
@@ -97,16 +97,10 @@ def block_mask(segments: torch.Tensor, positions: torch.Tensor, dtype: torch.dty
     return out.masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
 
 
-def _config(model: Any) -> Any:
-    while not hasattr(model, "config") and hasattr(model, "module"):  # DeepSpeed / DDP wrappers
-        model = model.module
-    return model.config
-
-
 def branch_attention(model: Any, segments: torch.Tensor, positions: torch.Tensor) -> Any:
     """The block mask in the form the model takes: per layer type for models that mix
     sliding-window and global layers (Gemma 3), one windowed mask when every layer slides."""
-    cfg, dtype = _config(model), _param_dtype(model)
+    cfg, dtype = unwrap(model).config, _param_dtype(model)
     window = getattr(cfg, "sliding_window", None)
     types = getattr(cfg, "layer_types", None)
     full = block_mask(segments, positions, dtype)

@@ -27,15 +27,16 @@ from sbs.student.config import StudentTrainConfig
 CHUNK = 512  # rows per Collator call while collecting token ids
 
 
-def _unwrap(model: Any) -> Any:
-    while not hasattr(model, "config") and hasattr(model, "module"):  # DeepSpeed / DDP wrappers
+def unwrap(model: Any) -> Any:
+    """The model inside DeepSpeed / DDP wrappers (a DeepSpeed engine has a `.config` of its own)."""
+    while isinstance(getattr(model, "module", None), torch.nn.Module):
         model = model.module
     return model
 
 
 def vocab_size(model: Any) -> int:
     """The width of the model's logits (its text config's vocab_size)."""
-    cfg = _unwrap(model).config
+    cfg = unwrap(model).config
     cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
     return int(cfg.vocab_size)
 
@@ -83,7 +84,7 @@ def restricted_head(model: Any, vocab: torch.Tensor | None) -> Iterator[None]:
     if vocab is None:
         yield
         return
-    head = _unwrap(model).get_output_embeddings()
+    head = unwrap(model).get_output_embeddings()
     if type(head) is not torch.nn.Linear:
         raise ValueError(f"model.output_vocab=task: the LM head is a {type(head).__name__}, not a plain Linear "
                          "(an adapted LM head, e.g. LoRA on lm_head, cannot be restricted)")
