@@ -43,6 +43,21 @@ class Answer:
     scores: dict[str, float] | None = None  # choice decoding: log-likelihood of each candidate label
 
 
+def ignore_shared_prefix(labels: torch.Tensor, segments: torch.Tensor, n_branches: int) -> None:
+    """In place: per row, the target tokens every branch starts with are not scored."""
+    for b in range(labels.shape[0]):
+        pos = [(segments[b] == k).nonzero()[:, 0] for k in range(1, n_branches + 1)]
+        pos = [p[labels[b, p] != IGNORE] for p in pos]
+        toks = [labels[b, p].tolist() for p in pos if p.numel()]
+        if len(toks) < 2:
+            continue
+        shared = 0
+        while all(shared < len(t) for t in toks) and len({t[shared] for t in toks}) == 1:
+            shared += 1
+        for p in pos:
+            labels[b, p[:shared]] = IGNORE
+
+
 class Student:
     def __init__(self, model: Any, tokenizer: Any, meta: ExportMeta, device: str = "cpu",
                  generate_kwargs: dict[str, Any] | None = None):
@@ -103,7 +118,9 @@ class Student:
                       normalize: bool = False) -> list[list[float]]:
         """Log-likelihood of each candidate label as the label task's output (summed over its
         tokens and EOS; `normalize`: per token). Single-task students score "<rationale> So the
-        answer is <candidate>." after their own generated rationale (same for every candidate)."""
+        answer is <candidate>." after their own generated rationale; causal ones score only the
+        tokens after the part every candidate shares (the rationale, whose likelihood is the same
+        for all of them and which, re-encoded, may hold tokens outside a task vocabulary)."""
         m = self.meta
         if m.method == "single_task":
             if rationales is None:
@@ -117,6 +134,8 @@ class Student:
             batch = encode_rows(self.tok, [m.label_input(x) for x in inputs],
                                 [[(m.causal_separator, m.causal_target(t)) for t in ts] for ts in targets],
                                 m.max_input_length, [max_t] * n, self.eos, self.tok.pad_token_id, m.output_vocab)
+            if m.method == "single_task":
+                ignore_shared_prefix(batch["labels"], batch["segments"], n)
             batch = {k: v.to(self.device) for k, v in batch.items()}
             scores = branch_scores(self.model, batch, n, normalize).tolist()
             return [row[: len(ts)] for row, ts in zip(scores, targets)]
@@ -169,7 +188,10 @@ class Student:
                 continue
             cands = candidates[i:i + batch_size]
             scores = self.score_choices(chunk, cands, [str(r) for r in rats], normalize)
-            for r, rt, cs, sc in zip(raws, rats, cands, scores):
+            for j, (r, rt, cs, sc) in enumerate(zip(raws, rats, cands, scores)):
+                if all(v == float("-inf") for v in sc):
+                    raise ValueError(f"inputs[{i + j}]: every candidate needs a token outside this student's output "
+                                     f"vocabulary (model.output_vocab=task), so none can be its answer: {cs}")
                 best = max(range(len(cs)), key=lambda j: sc[j])
                 preds.append(Answer(cs[best], r or cs[best], rt if explain else None, dict(zip(cs, sc))))
         return preds

@@ -146,3 +146,93 @@ def test_output_vocab_task_needs_a_causal_student():
         task_vocab(cfg("model.name=tiny-t5"), ROWS)
     with pytest.raises(ValueError, match="output_vocab"):
         ExportMeta(method="standard", dataset="svamp", output_vocab=[3, 2])
+
+
+def test_single_task_choice_scores_skip_the_shared_rationale(gemma):
+    """A generated rationale, re-encoded, may hold tokens outside the vocabulary: every candidate
+    shares it, so only what follows it is scored (exactly, over the vocabulary)."""
+    model, tok = gemma
+    vocab = task_vocab(cfg("method.name=single_task"), ROWS)
+    m = meta("single_task", vocab)
+    student = Student(model, tok, m)
+    x, rat, cands = ROWS[0]["input"], "zebra quiz 3 + 2 = 5.", ["(3 + 2)", "(10 - 4)"]
+    assert not set(tok(" " + rat, add_special_tokens=False)["input_ids"]) <= set(vocab)
+    got = student.score_choices([x], [cands], [rat])[0]
+    prompt = tok(x)["input_ids"] + tok(m.causal_separator, add_special_tokens=False)["input_ids"]
+    targets = [tok(m.causal_target(m.single_task_target(rat, c)), add_special_tokens=False)["input_ids"]
+               + [tok.eos_token_id] for c in cands]
+    shared = next(i for i, (a, b) in enumerate(zip(*targets)) if a != b)
+    v = torch.tensor(vocab)
+    for score, target in zip(got, targets):
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([prompt + target])).logits[0, len(prompt) - 1:-1]
+        rest = torch.tensor(target[shared:])
+        lp = torch.log_softmax(logits[shared:, v], -1).gather(-1, torch.searchsorted(v, rest)[:, None]).sum()
+        assert score == pytest.approx(lp.item(), rel=1e-5)
+
+
+def test_candidates_the_vocabulary_cannot_produce_are_named(gemma, tmp_path):
+    from sbs.serve.app import InputGate
+    from sbs.serve.config import StudentSpec
+    from sbs.serve.schemas import ClientError
+    from sbs.student.vocab import outside
+
+    model, tok = gemma
+    vocab = task_vocab(cfg("method.name=standard"), ROWS)
+    m = meta("standard", vocab)
+    assert outside(tok, m, "(3 + 2)") == [] and outside(tok, meta("standard", None), "zebra") == []
+    assert outside(tok, m, "zebra") and set(outside(tok, m, "zebra")).isdisjoint(vocab)
+    with pytest.raises(ValueError, match=r"inputs\[0\]: every candidate needs a token outside"):
+        Student(model, tok, m).predict([ROWS[0]["input"]], candidates=[["zebra", "quiz"]])
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    m.dataset = "cqa"
+    m.write(tmp_path)
+    gate = InputGate(StudentSpec(dataset="cqa", export_dir=str(tmp_path)))
+    assert gate.candidates("inputs[0]", {"question": "q", "choices": ["(3 + 2)", "(10 - 4)"]})
+    with pytest.raises(ClientError) as e:
+        gate.candidates("inputs[0]", {"question": "q", "choices": ["(3 + 2)", "zebra"]})
+    assert e.value.status == 422 and e.value.field == "inputs[0].choices[1]" and "'zebra'" in e.value.message
+
+
+def test_the_head_is_cut_for_the_calling_thread_only_and_blocks_nest(gemma):
+    import threading
+
+    from sbs.student.vocab import restricted_head
+
+    model, _ = gemma
+    head = model.get_output_embeddings()
+    h = torch.randn(2, head.in_features)
+    full = head(h)
+    sentinel = []
+    head.forward = lambda x: sentinel.append(1) or type(head).forward(head, x)  # one set before: kept
+    a, b = torch.tensor([1, 5, 9]), torch.tensor([2, 3])
+    seen: dict[str, torch.Tensor] = {}
+    with restricted_head(model, a):
+        torch.testing.assert_close(head(h), full[:, a])
+        with restricted_head(model, b):
+            torch.testing.assert_close(head(h), full[:, b])
+            t = threading.Thread(target=lambda: seen.update(other=head(h)))
+            t.start()
+            t.join()
+        torch.testing.assert_close(head(h), full[:, a])
+    torch.testing.assert_close(seen["other"], full)  # another thread: the whole head, the earlier forward
+    assert sentinel and head(h).shape == full.shape
+    del head.forward
+    assert "forward" not in head.__dict__
+
+
+def test_kind_auto_hub_seq2seq_is_refused_on_the_driver(tmp_path):
+    model, tok, _ = build_student(ModelConfig(name="tiny-t5"))
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    with pytest.raises(ConfigError, match="only for causal students .* is seq2seq"):
+        task_vocab(cfg(f"model.name={tmp_path}"), ROWS)
+
+
+def test_resume_refuses_a_checkpoint_of_another_vocabulary(tmp_path):
+    from sbs.student.loop import check_resumable
+
+    check_resumable(meta("standard", [1, 2, 3]), meta("standard", [1, 2, 3]), tmp_path)
+    with pytest.raises(ValueError, match="3 tokens, this run has the whole vocabulary"):
+        check_resumable(meta("standard", [1, 2, 3]), meta("standard", None), tmp_path)

@@ -33,6 +33,7 @@ from sbs.datasets.base import text_problem
 from sbs.export import META_FILE, ExportMeta
 from sbs.serve.config import ServeConfig, StudentSpec
 from sbs.student.causal import marker_ids
+from sbs.student.vocab import outside
 from sbs.serve.schemas import (ClientError, PredictRequest, PredictResponse, StudentInfo, error_body,
                                pydantic_problems)
 
@@ -110,6 +111,14 @@ class InputGate:
             raise ClientError(422, f"decoding=choices needs a closed answer set: a label space, or choices "
                               f"sent as an example object with fields {fields}; {self.dataset.name} gives none here",
                               field)
+        for j, c in enumerate(cands):
+            bad = outside(self.tok, self.meta, c)
+            if bad:  # its likelihood is exactly 0 (-inf), which neither ranks nor travels in JSON
+                where = f"{field}.choices[{j}]" if self.dataset.lists_choices else field
+                raise ClientError(422, f"candidate {c!r} needs tokens this student never produces (ids {bad[:8]}): "
+                                  "it was trained with the task's output vocabulary (model.output_vocab=task); "
+                                  "send answers in the task's words, or serve a student trained with "
+                                  "output_vocab=full", where)
         return cands
 
     def check_length(self, field: str, text: str, explain: bool) -> None:

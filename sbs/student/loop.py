@@ -185,10 +185,11 @@ def save_checkpoint(d: Path, cfg: StudentTrainConfig, net: Any, module: Any, tok
     return rank == 0 or cfg.train.engine == "deepspeed"
 
 
-def load_checkpoint(ckpt: Any, cfg: StudentTrainConfig, net: Any, module: Any, opt: Any, sched: Any
-                    ) -> dict[str, Any]:
+def load_checkpoint(ckpt: Any, cfg: StudentTrainConfig, net: Any, module: Any, opt: Any, sched: Any,
+                    meta: ExportMeta) -> dict[str, Any]:
     with ckpt.as_directory() as d:
         d = Path(d)
+        check_resumable(ExportMeta.read(d / MODEL_DIR), meta, d)
         if cfg.train.engine == "deepspeed":
             net.load_checkpoint(str(d), tag=DS_TAG, load_module_strict=not cfg.model.lora_r)
         else:
@@ -197,6 +198,17 @@ def load_checkpoint(ckpt: Any, cfg: StudentTrainConfig, net: Any, module: Any, o
             opt.load_state_dict(st["optimizer"])
             sched.load_state_dict(st["scheduler"])
         return json.loads((d / STATE_FILE).read_text(encoding="utf-8"))
+
+
+def check_resumable(saved: ExportMeta, meta: ExportMeta, where: Path) -> None:
+    """A checkpoint continues only the run it came from: its output vocabulary decides what every
+    logit means (a task vocabulary found from other training rows indexes other tokens)."""
+    if saved.output_vocab != meta.output_vocab:
+        def size(v: list[int] | None) -> str:
+            return "the whole vocabulary" if v is None else f"{len(v)} tokens"
+        raise ValueError(f"resume: the checkpoint in {where} was trained with output vocabulary "
+                         f"{size(saved.output_vocab)}, this run has {size(meta.output_vocab)} "
+                         "(model.output_vocab or the training rows changed): start a new run (run.name)")
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -229,7 +241,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     state: dict[str, Any] = {"step": 0, "first_train_loss": None, "resumed_from": None, "history": []}
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
-        state = load_checkpoint(ckpt, cfg, net, module, opt, sched)
+        state = load_checkpoint(ckpt, cfg, net, module, opt, sched, meta)
         state["resumed_from"] = state["step"]
         state.setdefault("history", [])
         if rank == 0:

@@ -113,7 +113,8 @@ def _encoder_decoder(path: str) -> tuple[Any, Any]:
     return model, tok
 
 
-def _auto(name: str, kind: str) -> tuple[Any, Any, str]:
+def hub_kind(name: str) -> str:
+    """'seq2seq' or 'causal' for a hub name or local path, from its config alone (no weights)."""
     import transformers as tr
 
     try:
@@ -121,8 +122,14 @@ def _auto(name: str, kind: str) -> tuple[Any, Any, str]:
     except (OSError, ValueError) as e:
         raise ConfigError(f"model.name: cannot load {name!r} (offline: give a local path or a cached name): "
                           f"{str(e).splitlines()[0]}") from None
-    if kind == "auto":
-        kind = "seq2seq" if getattr(config, "is_encoder_decoder", False) else "causal"
+    return "seq2seq" if getattr(config, "is_encoder_decoder", False) else "causal"
+
+
+def _auto(name: str, kind: str) -> tuple[Any, Any, str]:
+    import transformers as tr
+
+    detected = hub_kind(name)  # also: a name that does not load fails here, with a clear message
+    kind = detected if kind == "auto" else kind
     tok = _auto_tokenizer(name)
     if kind == "seq2seq":
         return tr.AutoModelForSeq2SeqLM.from_pretrained(name), tok, kind
