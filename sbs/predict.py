@@ -126,7 +126,11 @@ class Student:
             if rationales is None:
                 raise ValueError("single_task choice scoring needs the generated rationales")
             targets = [[m.single_task_target(r, c) for c in cs] for r, cs in zip(rationales, candidates)]
-            max_t = m.max_rationale_length + m.max_label_length
+            # No cut here: the rationale was generated within the training length, and a cut at that
+            # length can drop the candidate itself (then every candidate scores the same).
+            as_encoded = m.causal_target if m.model_kind == "causal" else str
+            max_t = 1 + max(len(self.tok(as_encoded(t), add_special_tokens=False)["input_ids"])
+                            for ts in targets for t in ts)
         else:
             targets, max_t = candidates, m.max_label_length
         if m.model_kind == "causal":

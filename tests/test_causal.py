@@ -109,6 +109,28 @@ def test_choice_scores_equal_plain_forward_and_rank(causal):
         assert set(p.scores) == set(cs)
 
 
+def test_single_task_choice_scores_keep_the_candidate_after_a_full_length_rationale(causal):
+    """An untrained single_task student writes a rationale as long as its limit: the candidate
+    after it must still be scored (a cut at the training length once dropped it, and every
+    candidate then scored 0)."""
+    model, tok = causal
+    m = ExportMeta(method="single_task", dataset="cqa", model_kind="causal", max_input_length=64,
+                   max_label_length=4, max_rationale_length=8)
+    cands = [["tree", "sky", "river"]]
+    rat = "a long rationale that runs well past the eight tokens this student was trained with"
+    student = Student(model, tok, m)
+    got = student.score_choices([ROWS[0]["input"]], cands, [rat])[0]
+    with torch.no_grad():
+        for c, g in zip(cands[0], got):
+            target = m.single_task_target(rat, c)
+            n = len(tok(m.causal_target(target), add_special_tokens=False)["input_ids"]) + 1
+            full = -plain_loss(model, tok, [ROWS[0]["input"]], [m.causal_separator], [target]).item() * n
+            assert g < 0 and g > full  # the ending only: less negative than the whole target
+    assert len(set(got)) == len(got), got  # the candidates differ, so do their scores
+    preds = student.predict([ROWS[0]["input"]], candidates=cands)
+    assert all(v < 0 for v in preds[0].scores.values()) and set(preds[0].scores) == set(cands[0])
+
+
 def test_left_padded_generation_matches_one_at_a_time(causal):
     """Batched (left-padded) label generation gives each row the tokens a plain unpadded greedy
     generate() of its own prompt gives (prompts built here as in `plain_loss`, not by sbs)."""
