@@ -189,10 +189,33 @@ def test_global_batch_is_invariant_to_worker_count():
     (["train.offload=optimizer+params", "train.zero_stage=2"], "train.offload"),
     (["train.offload=optimizer", "train.engine=ddp"], "train.offload"),
     (["train.select_by=best"], "train.select_by"),
+    (["train.lr_schedule=step"], "train.lr_schedule"),
 ])
 def test_config_errors_name_the_field(over, field):
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
         cfg(None, *over)
+
+
+@pytest.mark.parametrize("schedule", ["constant", "linear", "cosine"])
+def test_lr_schedule_warms_up_then_holds_or_decays_to_zero_at_the_last_step(schedule):
+    from sbs.student.loop import make_optimizer
+
+    c = cfg(None, "method.name=standard", "train.steps=10", "train.warmup_steps=2", "train.lr=0.1",
+            f"train.lr_schedule={schedule}")
+    opt, sched = make_optimizer(c, torch.nn.Linear(2, 2))
+    lrs = []
+    for _ in range(c.train.steps):  # the lr each optimizer step uses, as the training loop steps them
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[:2] == pytest.approx([0.05, 0.1])  # warm-up: (step + 1) / warmup_steps
+    after = lrs[2:]
+    if schedule == "constant":
+        assert after == pytest.approx([0.1] * 8)
+    else:
+        assert after[0] == pytest.approx(0.1) and all(a > b > 0 for a, b in zip(after, after[1:]))
+        assert after[4] == pytest.approx(0.05)  # halfway through the decay (both shapes): half the peak
+        assert opt.param_groups[0]["lr"] == pytest.approx(0.0)  # decayed to 0 at train.steps
 
 
 def test_data_errors_name_the_field(tmp_path):

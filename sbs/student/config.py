@@ -92,7 +92,9 @@ class TrainConfig(Config):
     lr: float = Field(1e-4, gt=0, le=1, description="peak learning rate (AdamW); 5e-4 collapses the MiniLM "
                       "encoder-decoder to one output (docs/results.md)")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
-    warmup_steps: int = Field(0, ge=0, description="linear warm-up steps, then constant")
+    warmup_steps: int = Field(0, ge=0, description="linear warm-up steps, then lr_schedule")
+    lr_schedule: Literal["constant", "linear", "cosine"] = Field(
+        "constant", description="after warm-up: constant at lr, or decayed to 0 at train.steps (linear or cosine)")
     grad_clip: float = Field(1.0, ge=0, description="gradient norm clip (0: off)")
     engine: Literal["deepspeed", "ddp"] = Field("deepspeed", description="deepspeed (ZeRO) or plain torch DDP")
     zero_stage: int = Field(2, ge=0, le=3, description="DeepSpeed ZeRO stage 0-3")

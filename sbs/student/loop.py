@@ -22,7 +22,7 @@ import torch
 
 from sbs.export import ExportMeta
 from sbs.student.collate import Collator
-from sbs.student.config import StudentTrainConfig
+from sbs.student.config import StudentTrainConfig, TrainConfig
 from sbs.student.losses import compute_loss, to_device
 
 STATE_FILE = "sbs_train_state.json"
@@ -66,8 +66,20 @@ def deepspeed_config(cfg: StudentTrainConfig) -> dict[str, Any]:
     return ds
 
 
-def _scheduler(opt: torch.optim.Optimizer, warmup: int) -> torch.optim.lr_scheduler.LambdaLR:
-    return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
+def lr_factor(step: int, t: TrainConfig) -> float:
+    """The learning rate at optimizer step `step` (0-based) as a fraction of train.lr: linear
+    warm-up, then constant or decayed to 0 at train.steps (the schedule a resume continues)."""
+    if step < t.warmup_steps:
+        return (step + 1) / t.warmup_steps
+    if t.lr_schedule == "constant":
+        return 1.0
+    done = (step - t.warmup_steps) / max(1, t.steps - t.warmup_steps)
+    done = min(1.0, done)
+    return 1.0 - done if t.lr_schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * done))
+
+
+def _scheduler(opt: torch.optim.Optimizer, t: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, t))
 
 
 def trainable(model: Any) -> list[torch.nn.Parameter]:
@@ -76,10 +88,10 @@ def trainable(model: Any) -> list[torch.nn.Parameter]:
 
 
 def make_optimizer(cfg: StudentTrainConfig, model: Any) -> tuple[torch.optim.Optimizer, Any]:
-    """The torch AdamW + linear warm-up every non-offload run steps (also used outside Ray by
+    """The torch AdamW + warm-up and schedule (`lr_factor`) every non-offload run steps (also used outside Ray by
     benchmarks/student_step.py and scripts/lr_probe.py, so they time and train the same step)."""
     opt = torch.optim.AdamW(trainable(model), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    return opt, _scheduler(opt, cfg.train.warmup_steps)
+    return opt, _scheduler(opt, cfg.train)
 
 
 def setup_engine(cfg: StudentTrainConfig, model: Any, device: torch.device) -> tuple[Any, Any, Any, Any]:
@@ -91,7 +103,7 @@ def setup_engine(cfg: StudentTrainConfig, model: Any, device: torch.device) -> t
         # DeepSpeed builds its CPU Adam from the config; the warm-up schedule wraps whatever it built.
         engine, opt, _, sched = deepspeed.initialize(
             model=model, model_parameters=trainable(model), config=deepspeed_config(cfg),
-            lr_scheduler=lambda o: _scheduler(o, t.warmup_steps))
+            lr_scheduler=lambda o: _scheduler(o, t))
         return engine, engine.module, opt, sched
     # Otherwise a torch optimizer on purpose: DeepSpeed's CPU Adam JIT-compiles for a minute or more on CPU.
     opt, sched = make_optimizer(cfg, model)
