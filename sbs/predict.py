@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from sbs.export import ExportMeta
-from sbs.student.causal import IGNORE, branch_scores, encode_rows, prompt_ids
+from sbs.student.causal import IGNORE, branch_scores, cut, encode_rows, prompt_ids
 from sbs.student.vocab import suppressed, vocab_size
 
 
@@ -126,11 +126,9 @@ class Student:
             if rationales is None:
                 raise ValueError("single_task choice scoring needs the generated rationales")
             targets = [[m.single_task_target(r, c) for c in cs] for r, cs in zip(rationales, candidates)]
-            # No cut here: the rationale was generated within the training length, and a cut at that
+            # No cut (None): the rationale was generated within the training length, and a cut at that
             # length can drop the candidate itself (then every candidate scores the same).
-            as_encoded = m.causal_target if m.model_kind == "causal" else str
-            max_t = 1 + max(len(self.tok(as_encoded(t), add_special_tokens=False)["input_ids"])
-                            for ts in targets for t in ts)
+            max_t = None
         else:
             targets, max_t = candidates, m.max_label_length
         if m.model_kind == "causal":
@@ -145,13 +143,13 @@ class Student:
             return [row[: len(ts)] for row, ts in zip(scores, targets)]
         return self._seq2seq_scores([m.label_input(x) for x in inputs], targets, max_t, normalize)
 
-    def _seq2seq_scores(self, inputs: list[str], targets: list[list[str]], max_t: int, normalize: bool
+    def _seq2seq_scores(self, inputs: list[str], targets: list[list[str]], max_t: int | None, normalize: bool
                         ) -> list[list[float]]:
         flat_in = [x for x, ts in zip(inputs, targets) for _ in ts]
         flat_t = [t for ts in targets for t in ts]
         enc = self.tok(flat_in, return_tensors="pt", padding=True, truncation=True,
                        max_length=self.meta.max_input_length).to(self.device)
-        tgt = [ids[: max_t - 1] + [self.eos] for ids in self.tok(flat_t, add_special_tokens=False)["input_ids"]]
+        tgt = [ids[:cut(max_t)] + [self.eos] for ids in self.tok(flat_t, add_special_tokens=False)["input_ids"]]
         width = max(map(len, tgt))
         labels = torch.tensor([t + [IGNORE] * (width - len(t)) for t in tgt], device=self.device)
         logits = self.model(**enc, labels=labels).logits.float()

@@ -29,7 +29,7 @@ PAD_SEGMENT = -1
 
 
 def encode_rows(tok: Any, prefixes: Sequence[str], branches: Sequence[Sequence[tuple[str, str]]],
-                max_prefix: int, max_targets: Sequence[int], eos: int, pad: int,
+                max_prefix: int, max_targets: Sequence[int | None], eos: int, pad: int,
                 vocab: Sequence[int] | None = None) -> dict[str, torch.Tensor]:
     """Token tensors for rows of (prefix text, [(marker, target), ...]); right-padded.
 
@@ -44,7 +44,7 @@ def encode_rows(tok: Any, prefixes: Sequence[str], branches: Sequence[Sequence[t
         ids, lab, seg, pos = list(p), [IGNORE] * len(p), [0] * len(p), list(range(len(p)))
         for k, ((marker, target), max_t) in enumerate(zip(br, max_targets), start=1):
             m = marker_ids(tok, marker)
-            t = tok(target, add_special_tokens=False)["input_ids"][: max_t - 1] + [eos]
+            t = tok(target, add_special_tokens=False)["input_ids"][:cut(max_t)] + [eos]
             ids += m + t
             lab += [IGNORE] * len(m) + t
             seg += [k] * (len(m) + len(t))
@@ -60,6 +60,11 @@ def encode_rows(tok: Any, prefixes: Sequence[str], branches: Sequence[Sequence[t
     if vocab is not None:
         out["vocab"] = torch.tensor(vocab, dtype=torch.long)
     return out
+
+
+def cut(max_target: int | None) -> int | None:
+    """Target tokens kept before the EOS: max_target - 1, or all of them (None)."""
+    return None if max_target is None else max_target - 1
 
 
 def prefix_ids(tok: Any, text: str, max_len: int) -> list[int]:

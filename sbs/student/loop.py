@@ -73,8 +73,7 @@ def lr_factor(step: int, t: TrainConfig) -> float:
         return (step + 1) / t.warmup_steps
     if t.lr_schedule == "constant":
         return 1.0
-    done = (step - t.warmup_steps) / max(1, t.steps - t.warmup_steps)
-    done = min(1.0, done)
+    done = min(1.0, (step - t.warmup_steps) / max(1, t.steps - t.warmup_steps))
     return 1.0 - done if t.lr_schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * done))
 
 
