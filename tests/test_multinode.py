@@ -223,9 +223,11 @@ def test_teacher_node_lost_mid_stage_every_id_once(cluster, tmp_path, tiny_teach
     stats = json.loads((out / "stats.json").read_text())
     assert stats["examples_in"] == 40 == stats["accepted"] + stats["rejected"]
     actors = actors_by_role(cluster, "MapWorker")
-    # 2 on the teacher nodes (+ restarts), the one that was on teacher-1 when it was killed, and any
-    # replacement Ray Data asked for and dropped before it was placed: never one on another role's node
-    assert set(actors) <= {"teacher", "killed", "unplaced"} and len(actors["teacher"]) >= 2, actors
+    # 2 on the teacher nodes (+ restarts and replacements). The one that was on teacher-1 shows on the
+    # killed node, or with no node when Ray cleared it for a restart that the stage then dropped (seen
+    # once in a full run: {'teacher': ['DEAD'], 'unplaced': ['DEAD']}). Never one on another role's node.
+    assert set(actors) <= {"teacher", "killed", "unplaced"}, actors
+    assert actors.get("teacher") and sum(map(len, actors.values())) >= 2, actors
     print(f"teacher node kill: {landed} ids landed before, first run rc={first_rc}, 40/40 ids exactly once")
 
 
