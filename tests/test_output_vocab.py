@@ -42,7 +42,7 @@ def hand_loss(model, batch, vocab: list[int]) -> torch.Tensor:
 
     b = batch["joint"]
     logits = model(input_ids=b["input_ids"], position_ids=b["position_ids"],
-                   attention_mask=branch_attention(model, b["segments"], b["position_ids"], b.get("example"))).logits
+                   attention_mask=branch_attention(model, b["segments"], b["position_ids"])).logits
     v = torch.tensor(vocab)
     lab, seg = b["labels"][:, 1:], b["segments"][:, 1:]
     logp = torch.log_softmax(logits[:, :-1][..., v], -1)

@@ -87,7 +87,7 @@ def test_causal_loss_is_masked_to_the_target():
     model, tok, kind = build_student(ModelConfig(name="tiny-gpt2"))
     assert kind == "causal"
     m = meta("standard", "causal")
-    batch = Collator(tok, m, pack=False)(ROWS)["label"]  # row b is example b
+    batch = Collator(tok, m)(ROWS)["label"]
     for row, ids, labels in zip(ROWS, batch["input_ids"], batch["labels"]):
         # the input (a prefix tasks can share), then the task marker, then " " + target + EOS
         prompt = tok(row["input"])["input_ids"] + tok(m.causal_separator, add_special_tokens=False)["input_ids"]

@@ -162,8 +162,6 @@ def token_logprobs(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Te
     segs, labels, example = batch["segments"], batch["labels"], batch.get("example")
     keep = torch.zeros_like(labels, dtype=torch.bool)
     keep[:, :-1] = labels[:, 1:] != IGNORE  # position t predicts token t + 1
-    if example is not None:  # never across two packed examples (an example starts with an ignored token anyway)
-        keep[:, :-1] &= example[:, :-1] == example[:, 1:]
     kw: dict[str, Any] = {"input_ids": batch["input_ids"], "logits_to_keep": keep}
     if example is not None or int(segs.max()) > 1:  # packed rows or several branches: the block mask
         kw["attention_mask"] = branch_attention(model, segs, batch["position_ids"], example)
@@ -192,7 +190,7 @@ def branch_scores(model: Any, batch: dict[str, torch.Tensor], n_branches: int, n
                   ) -> torch.Tensor:
     """(B, n_branches) summed (or per-token mean) log-likelihood of each branch's target."""
     logp, seg, row = token_logprobs(model, batch)
-    B = batch["labels"].shape[0]  # one example per row (choice scoring does not pack)
+    B = batch["labels"].shape[0] if "example" not in batch else int(batch["example"].max()) + 1
     idx = row * n_branches + (seg - 1)
     total = torch.zeros(B * n_branches, dtype=logp.dtype, device=logp.device).index_add_(0, idx, logp)
     if not normalize:
