@@ -62,7 +62,7 @@ def task_vocab(cfg: StudentTrainConfig, rows: list[dict[str, Any]]) -> list[int]
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     meta = make_meta(cfg, "causal")
-    collate = Collator(tok, meta, pack=False)  # the rows as before packing: the same set (padding included)
+    collate = Collator(tok, meta)
     ids: set[int] = {collate.eos}
     for i in range(0, len(rows), CHUNK):
         for b in collate(rows[i:i + CHUNK]).values():
