@@ -10,8 +10,8 @@ on real rows with the recorded PaLM rationales. Prints seconds per step (median 
 --warmup), the collation share of a step, and two ratios: multitask / standard (sbs runs the
 causal multi-task step as one pass over the shared input; the paper's two-pass step costs one
 extra forward+backward), and, for causal students, HF's default loss (`model(..., labels=)`:
-logits over the whole vocabulary at every position, one example per padded row) / sbs's
-(logits at target positions only, examples packed several to a row), same examples. Causal students are timed with the whole vocabulary and with the task's
+logits over the whole vocabulary at every position) / sbs's (logits at target positions only),
+same batch. Causal students are timed with the whole vocabulary and with the task's
 (`model.output_vocab=task`, docs/student.md), unless --output-vocab picks one. Not a test.
 """
 from __future__ import annotations
@@ -63,11 +63,11 @@ def make_cfg(args, method: str, batch: int, vocab: str = "full") -> StudentTrain
 
 
 def time_method(model, tok, kind: str, rows, method: str, args, loss_fn=compute_loss,
-                vocab: list[int] | None = None, pack: bool = True) -> dict[str, float]:
+                vocab: list[int] | None = None) -> dict[str, float]:
     """Seconds per optimizer step of the training loop's own step (sbs.student.loop.optimizer_step:
     AdamW, warm-up schedule, gradient clipping) on `rows`, plus the collation share of it."""
     cfg = make_cfg(args, method, len(rows))
-    collate = Collator(tok, make_meta(cfg, kind, vocab), pack=pack)
+    collate = Collator(tok, make_meta(cfg, kind, vocab))
     opt, sched = make_optimizer(cfg, model)
     model.train()
     collate_s, step_s = [], []
@@ -128,12 +128,8 @@ def main() -> None:
         for m in ("standard", "multitask"):
             res[m + ("_task_vocab" if v == "task" else "")] = time_method(
                 model, tok, kind, rows, m, args, vocab=vocabs.get(m) if v == "task" else None)
-    if kind == "causal":  # what packing alone gives (same loss and vocabulary, one example per row)
-        v = kinds[-1]
-        res["standard_unpacked" + ("_task_vocab" if v == "task" else "")] = time_method(
-            model, tok, kind, rows, "standard", args, vocab=vocabs.get("standard") if v == "task" else None, pack=False)
     if kind == "causal" and not args.skip_hf_loss:
-        res["standard_hf_loss"] = time_method(model, tok, kind, rows, "standard", args, hf_default_loss, pack=False)
+        res["standard_hf_loss"] = time_method(model, tok, kind, rows, "standard", args, hf_default_loss)
     out = {"model": args.model, "dataset": args.dataset, "lora_r": args.lora_r, "lora_layers": args.lora_layers,
            "output_vocab": args.output_vocab, **{f"{m}_vocab_size": len(v) for m, v in vocabs.items()},
            "batch": args.batch, "threads": torch.get_num_threads(), "steps": args.steps,
@@ -143,8 +139,6 @@ def main() -> None:
         out[f"ratio_multitask_over_standard{suffix}"] = round(res["multitask" + suffix]["step_s"] / std, 3)
         if "standard_hf_loss" in res:
             out[f"ratio_hf_loss_over_sbs{suffix}"] = round(res["standard_hf_loss"]["step_s"] / std, 3)
-        if "standard_unpacked" + suffix in res:
-            out[f"ratio_unpacked_over_packed{suffix}"] = round(res["standard_unpacked" + suffix]["step_s"] / std, 3)
     for m, r in res.items():
         print(f"{m:26s}: {r['step_s']:.3f} s/step, collation {r['collate_s'] * 1000:.1f} ms "
               f"({100 * r['collate_share']:.1f}% of the step)")

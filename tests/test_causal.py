@@ -90,43 +90,6 @@ def test_single_branch_loss_equals_plain_forward(causal, method):
     assert "rationale_loss" not in parts
 
 
-PACK_ROWS = ROWS + [{"id": "c", "input": "Sam has 2 cats.", "label": "(2)", "rationale": "2 cats."},
-                    {"id": "d", "input": "Jo ran 4 km, then 3.", "label": "(4 + 3)", "rationale": "4 + 3 = 7."},
-                    {"id": "e", "input": "Lee had 9 figs and ate 1 of them after dinner.", "label": "(9 - 1)",
-                     "rationale": "9 - 1 = 8."}]
-
-
-def test_pack_rows_fills_rows_no_wider_than_the_longest():
-    from sbs.student.causal import pack_rows
-
-    bins = pack_rows([10, 4, 6, 3, 7, 10], 10)
-    assert sorted(i for b in bins for i in b) == list(range(6))  # every example once
-    assert all(sum([10, 4, 6, 3, 7, 10][i] for i in b) <= 10 for b in bins) and len(bins) == 4
-
-
-@pytest.mark.parametrize("method", ["standard", "multitask"])
-def test_packed_rows_give_the_unpacked_losses_and_gradients(causal, method):
-    """Several examples per row (each attends to itself only, keeps its positions; on Gemma 3 the
-    sliding-window layers too): the same losses and gradients as one example per row."""
-    model, tok = causal
-    m = meta(method)
-    packed, plain = Collator(tok, m)(PACK_ROWS), Collator(tok, m, pack=False)(PACK_ROWS)
-    (key,) = packed
-    assert packed[key]["input_ids"].shape[0] < len(PACK_ROWS) == plain[key]["input_ids"].shape[0]
-    assert packed[key]["input_ids"].shape[1] == plain[key]["input_ids"].shape[1]  # no row wider than the longest
-    got = []
-    for batch in (packed, plain):
-        model.zero_grad()
-        loss, parts = compute_loss(model, batch, method, 0.5)
-        loss.backward()
-        got.append((parts, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
-    model.zero_grad()
-    (pp, pg), (up, ug) = got
-    assert pp == pytest.approx(up, rel=1e-4)
-    for n in ug:
-        torch.testing.assert_close(pg[n], ug[n], rtol=1e-3, atol=1e-6, msg=n)
-
-
 def test_choice_scores_equal_plain_forward_and_rank(causal):
     model, tok = causal
     student = Student(model, tok, meta("standard"))

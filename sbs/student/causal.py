@@ -11,10 +11,6 @@ once instead of twice, and choice scoring runs one branch per candidate answer o
 The task marker sits *after* x ("\\nAnswer:" / "\\nExplanation:") so that the prefix is shared;
 docs/student.md says why. With one branch the plain 2-D mask is used (no 4-D mask needed).
 
-Training rows are packed (`pack=True`): several examples share a tensor row, none wider than the
-batch's longest example, so padding costs no compute (~22% of a CQA batch's tokens otherwise).
-An example attends to itself only and keeps its own positions, so packing is exact too.
-
 The LM head runs only at the positions whose next token is a target (`logits_to_keep` as a
 boolean mask): for Gemma 3 (262k vocabulary) that is most of a training step's cost otherwise.
 With a task output vocabulary (`sbs.student.vocab`) it also computes only that vocabulary's rows.
@@ -34,15 +30,13 @@ PAD_SEGMENT = -1
 
 def encode_rows(tok: Any, prefixes: Sequence[str], branches: Sequence[Sequence[tuple[str, str]]],
                 max_prefix: int, max_targets: Sequence[int | None], eos: int, pad: int,
-                vocab: Sequence[int] | None = None, pack: bool = False) -> dict[str, torch.Tensor]:
+                vocab: Sequence[int] | None = None) -> dict[str, torch.Tensor]:
     """Token tensors for rows of (prefix text, [(marker, target), ...]); right-padded.
 
     Returns input_ids, labels (IGNORE but on target tokens, HF-aligned: labels[t] is token t),
     segments (0 prefix, k for branch k, -1 padding) and position_ids, plus `vocab` (the sorted
     output vocabulary, `sbs.student.vocab`) when the student has one. Tokenisation is the same
     at inference (`prompt_ids`): the prefix with special tokens, markers and targets without.
-    `pack`: examples share rows (`pack_rows`) and `example` gives each token's example index
-    (-1 padding); without it row b is example b.
     """
     rows_ids, rows_lab, rows_seg, rows_pos = [], [], [], []
     for prefix, br in zip(prefixes, branches):
@@ -57,37 +51,15 @@ def encode_rows(tok: Any, prefixes: Sequence[str], branches: Sequence[Sequence[t
             pos += list(range(len(p), len(p) + len(m) + len(t)))
         rows_ids.append(ids), rows_lab.append(lab), rows_seg.append(seg), rows_pos.append(pos)
     width = max(len(r) for r in rows_ids)
-    rows_ex = None
-    if pack:
-        bins = pack_rows([len(r) for r in rows_ids], width)
-        rows_ex = [[i for i in b for _ in rows_ids[i]] for b in bins]
-        rows_ids, rows_lab, rows_seg, rows_pos = ([sum((rows[i] for i in b), []) for b in bins]
-                                                  for rows in (rows_ids, rows_lab, rows_seg, rows_pos))
 
     def pad_to(rows: list[list[int]], value: int) -> torch.Tensor:
         return torch.tensor([r + [value] * (width - len(r)) for r in rows], dtype=torch.long)
 
     out = {"input_ids": pad_to(rows_ids, pad), "labels": pad_to(rows_lab, IGNORE),
            "segments": pad_to(rows_seg, PAD_SEGMENT), "position_ids": pad_to(rows_pos, 0)}
-    if rows_ex is not None:
-        out["example"] = pad_to(rows_ex, -1)
     if vocab is not None:
         out["vocab"] = torch.tensor(vocab, dtype=torch.long)
     return out
-
-
-def pack_rows(lengths: Sequence[int], width: int) -> list[list[int]]:
-    """First-fit decreasing: the example indices of each row, no row longer than `width`."""
-    bins: list[list[int]] = []
-    room: list[int] = []
-    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
-        b = next((b for b, r in enumerate(room) if lengths[i] <= r), None)
-        if b is None:
-            bins.append([]), room.append(width)
-            b = len(bins) - 1
-        bins[b].append(i)
-        room[b] -= lengths[i]
-    return bins
 
 
 def cut(max_target: int | None) -> int | None:
@@ -114,9 +86,8 @@ def prompt_ids(tok: Any, text: str, marker: str, max_len: int) -> list[int]:
 
 
 def block_mask(segments: torch.Tensor, positions: torch.Tensor, dtype: torch.dtype,
-               window: int | None = None, example: torch.Tensor | None = None) -> torch.Tensor:
-    """(B, 1, T, T) additive mask: causal, no padding keys, a branch sees the prefix and itself only,
-    and (packed rows, `example`) a token sees its own example only.
+               window: int | None = None) -> torch.Tensor:
+    """(B, 1, T, T) additive mask: causal, no padding keys, a branch sees the prefix and itself only.
 
     `window`: a sliding-window layer's span, measured in positions (what a branch's separate pass
     would measure in sequence indices), so local layers see exactly what they would alone."""
@@ -124,8 +95,6 @@ def block_mask(segments: torch.Tensor, positions: torch.Tensor, dtype: torch.dty
     q, k = segments[:, :, None], segments[:, None, :]
     causal = torch.ones(T, T, dtype=torch.bool, device=segments.device).tril()
     allowed = causal & (k != PAD_SEGMENT) & ((k == 0) | (k == q))
-    if example is not None:
-        allowed &= example[:, :, None] == example[:, None, :]
     if window is not None:
         allowed &= (positions[:, :, None] - positions[:, None, :]) < window
     allowed |= torch.eye(T, dtype=torch.bool, device=segments.device)  # padding queries: no empty rows
@@ -133,19 +102,18 @@ def block_mask(segments: torch.Tensor, positions: torch.Tensor, dtype: torch.dty
     return out.masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
 
 
-def branch_attention(model: Any, segments: torch.Tensor, positions: torch.Tensor,
-                     example: torch.Tensor | None = None) -> Any:
+def branch_attention(model: Any, segments: torch.Tensor, positions: torch.Tensor) -> Any:
     """The block mask in the form the model takes: per layer type for models that mix
     sliding-window and global layers (Gemma 3), one windowed mask when every layer slides."""
     cfg, dtype = unwrap(model).config, _param_dtype(model)
     window = getattr(cfg, "sliding_window", None)
     types = getattr(cfg, "layer_types", None)
-    full = block_mask(segments, positions, dtype, example=example)
+    full = block_mask(segments, positions, dtype)
     if types and window and "sliding_attention" in types:
-        return {t: (block_mask(segments, positions, dtype, window, example) if t == "sliding_attention" else full)
+        return {t: (block_mask(segments, positions, dtype, window) if t == "sliding_attention" else full)
                 for t in set(types)}
     if window and not types and getattr(cfg, "use_sliding_window", True):
-        return block_mask(segments, positions, dtype, window, example)
+        return block_mask(segments, positions, dtype, window)
     return full
 
 
@@ -157,14 +125,15 @@ def _param_dtype(model: Any) -> torch.dtype:
 
 
 def token_logprobs(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(log p of each target token, its segment, its example): the LM head runs on target positions
-    only, and over the batch's output `vocab` only when it has one (-inf for a target outside it)."""
-    segs, labels, example = batch["segments"], batch["labels"], batch.get("example")
+    """(log p of each target token, its segment, its row): the LM head runs on target positions only,
+    and over the batch's output `vocab` only when it has one (-inf for a target outside it)."""
+    segs, labels = batch["segments"], batch["labels"]
+    multi = int(segs.max()) > 1
     keep = torch.zeros_like(labels, dtype=torch.bool)
     keep[:, :-1] = labels[:, 1:] != IGNORE  # position t predicts token t + 1
     kw: dict[str, Any] = {"input_ids": batch["input_ids"], "logits_to_keep": keep}
-    if example is not None or int(segs.max()) > 1:  # packed rows or several branches: the block mask
-        kw["attention_mask"] = branch_attention(model, segs, batch["position_ids"], example)
+    if multi:
+        kw["attention_mask"] = branch_attention(model, segs, batch["position_ids"])
         kw["position_ids"] = batch["position_ids"]
     else:  # one branch: an ordinary right-padded row, the default 2-D mask and positions
         kw["attention_mask"] = (segs != PAD_SEGMENT).long()
@@ -173,7 +142,7 @@ def token_logprobs(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Te
         logits = model(**kw).logits.float()  # (N, V or len(vocab)): one row per kept position
     targets = labels[:, 1:][keep[:, :-1]]
     logp = target_logprobs(logits, targets, vocab)
-    rows = torch.arange(labels.shape[0], device=labels.device)[:, None].expand_as(labels) if example is None else example
+    rows = torch.arange(labels.shape[0], device=labels.device)[:, None].expand_as(labels)
     return logp, segs[:, 1:][keep[:, :-1]], rows[:, :-1][keep[:, :-1]]
 
 
@@ -190,7 +159,7 @@ def branch_scores(model: Any, batch: dict[str, torch.Tensor], n_branches: int, n
                   ) -> torch.Tensor:
     """(B, n_branches) summed (or per-token mean) log-likelihood of each branch's target."""
     logp, seg, row = token_logprobs(model, batch)
-    B = batch["labels"].shape[0] if "example" not in batch else int(batch["example"].max()) + 1
+    B = batch["labels"].shape[0]
     idx = row * n_branches + (seg - 1)
     total = torch.zeros(B * n_branches, dtype=logp.dtype, device=logp.device).index_add_(0, idx, logp)
     if not normalize:

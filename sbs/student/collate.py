@@ -5,8 +5,7 @@ separator), the same object inference uses, so training and `sbs.predict.Student
 Targets are tokenised without special tokens and end with EOS: an encoder-decoder built from
 BERT would otherwise learn to emit [CLS] first. Padding and (causal) prompt tokens get -100.
 Causal students get one row per example with the input as a shared prefix and one branch per
-task (`sbs.student.causal`): multitask rows carry both the label and the rationale branch,
-packed several examples to a row unless `pack=False` (exact either way; tests/test_causal.py).
+task (`sbs.student.causal`): multitask rows carry both the label and the rationale branch.
 """
 from __future__ import annotations
 
@@ -31,8 +30,8 @@ class Collator:
     Causal students: {"label": Batch} with one branch, or {"joint": Batch} with the label and the
     rationale branch over one shared prefix (multitask)."""
 
-    def __init__(self, tokenizer: Any, meta: ExportMeta, pack: bool = True):
-        self.tok, self.meta, self.pack = tokenizer, meta, pack
+    def __init__(self, tokenizer: Any, meta: ExportMeta):
+        self.tok, self.meta = tokenizer, meta
         self.eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos
         if self.eos is None:
@@ -55,7 +54,7 @@ class Collator:
         """Causal rows: each input a prefix followed by its (marker, target) branches."""
         m = self.meta
         return encode_rows(self.tok, list(inputs), [[(mk, m.causal_target(t)) for mk, t in br] for br in branches],
-                           m.max_input_length, target_lens, self.eos, self.pad, m.output_vocab, self.pack)
+                           m.max_input_length, target_lens, self.eos, self.pad, m.output_vocab)
 
     def __call__(self, rows: Mapping[str, Sequence[Any]] | list[dict[str, Any]]) -> dict[str, Batch]:
         cols = _columns(rows)
