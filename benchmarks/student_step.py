@@ -63,9 +63,10 @@ def make_cfg(args, method: str, batch: int, vocab: str = "full") -> StudentTrain
 
 
 def time_method(model, tok, kind: str, rows, method: str, args, loss_fn=compute_loss,
-                vocab: list[int] | None = None) -> dict[str, float]:
+                vocab: list[int] | None = None, profile: bool = False) -> dict[str, float]:
     """Seconds per optimizer step of the training loop's own step (sbs.student.loop.optimizer_step:
-    AdamW, warm-up schedule, gradient clipping) on `rows`, plus the collation share of it."""
+    AdamW, warm-up schedule, gradient clipping) on `rows`, plus the collation share of it. With
+    `profile`, one more step runs under torch.profiler and its table of ops is printed."""
     cfg = make_cfg(args, method, len(rows))
     collate = Collator(tok, make_meta(cfg, kind, vocab))
     opt, sched = make_optimizer(cfg, model)
@@ -80,6 +81,17 @@ def time_method(model, tok, kind: str, rows, method: str, args, loss_fn=compute_
         if i >= args.warmup:
             collate_s.append(t1 - t0)
             step_s.append(t2 - t1)
+    if profile:
+        from torch.profiler import ProfilerActivity
+        from torch.profiler import profile as profiler
+
+        with profiler(activities=[ProfilerActivity.CPU]) as prof:
+            optimizer_step(cfg, model, model, opt, sched, iter([rows]), collate, torch.device("cpu"), loss_fn=loss_fn)
+        b = next(iter(collate(rows).values()))
+        real = int((b["segments"] >= 0).sum()) if "segments" in b else int(b["attention_mask"].sum())
+        print(f"{method} step under torch.profiler: rows padded to {b['input_ids'].shape[1]} positions, "
+              f"{b['input_ids'].numel()} in all, {real} of them tokens\n"
+              + prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
     step, col = statistics.median(step_s), statistics.median(collate_s)
     return {"step_s": step, "collate_s": col, "collate_share": col / step}
 
@@ -104,6 +116,8 @@ def main() -> None:
     p.add_argument("--skip-hf-loss", action="store_true", help="causal students: do not time HF's default loss")
     p.add_argument("--quick", action="store_true", help="tiny-gemma3, batch 8, 3 steps: checks the script, "
                    "not the machine")
+    p.add_argument("--profile", action="store_true", help="also print torch.profiler's table of ops for one sbs "
+                   "standard step (the last vocabulary timed)")
     p.add_argument("--json", help="also write the figures here")
     args = p.parse_args()
     if args.quick:
@@ -127,7 +141,8 @@ def main() -> None:
     for v in kinds:
         for m in ("standard", "multitask"):
             res[m + ("_task_vocab" if v == "task" else "")] = time_method(
-                model, tok, kind, rows, m, args, vocab=vocabs.get(m) if v == "task" else None)
+                model, tok, kind, rows, m, args, vocab=vocabs.get(m) if v == "task" else None,
+                profile=args.profile and m == "standard" and v == kinds[-1])
     if kind == "causal" and not args.skip_hf_loss:
         res["standard_hf_loss"] = time_method(model, tok, kind, rows, "standard", args, hf_default_loss)
     out = {"model": args.model, "dataset": args.dataset, "lora_r": args.lora_r, "lora_layers": args.lora_layers,
