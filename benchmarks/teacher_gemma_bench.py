@@ -185,7 +185,8 @@ def main() -> int:
     p.add_argument("--examples", type=int, default=256, help="prompts for (b)-(e)")
     p.add_argument("--loop-examples", type=int, default=16, help="prompts for (a), the one-at-a-time loop")
     p.add_argument("--max-tokens", type=int, default=64)
-    p.add_argument("--batch", type=int, default=8, help="(b) and (c): prompts per generate call")
+    p.add_argument("--batch", type=int, default=32, help="(b) and (c): prompts per generate call "
+                   "(the teacher's default batch_size)")
     p.add_argument("--threads", type=int, default=2, help="torch threads of (a)-(c); CPUs of every way")
     p.add_argument("--model", help="a local causal LM directory (default: the converted Gemma 3 270M)")
     p.add_argument("--vllm-python", help="python of the vLLM environment (default .venv-vllm)")

@@ -8,6 +8,11 @@ dataset's stop strings, greedy. `HfGenerator` (the actor class of the pipeline) 
 a warm-up batch of 8 (which computes the prefix when the cache is on): seconds for the batch with
 1 new token (prefill alone) and with --max-tokens, cache on and off, and whether both give the
 same texts. No Ray: the pipeline's own figures are teacher_gemma_bench.py's way (c).
+
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/teacher_prefix_cache.py --batch-sizes 8,16,32,64
+
+times the cache-on actor instead on one batch of each size (new rows each, --max-tokens), after the
+same warm-up batch: seconds per example, for choosing the teacher's `batch_size`.
 """
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--batch-sizes", help="comma-separated batch sizes: time the cache-on actor on each")
     a = p.parse_args()
     import pyarrow as pa
 
@@ -33,17 +39,34 @@ def main() -> int:
     from sbs.teacher.gemma import ensure_gemma
     from teacher_gemma_bench import prompts_for
 
-    ex, prompts, stop = prompts_for(2 * a.batch)
+    sizes = [int(x) for x in a.batch_sizes.split(",")] if a.batch_sizes else []
+    ex, prompts, stop = prompts_for(a.batch + (sum(sizes) if sizes else a.batch))
     rows = [{"id": e.id, "sample": 0, "prompt": q, "messages": ""} for e, q in zip(ex, prompts)]
     model, res, texts = str(ensure_gemma()), {}, {}
+
+    def generator(on: bool, mt: int) -> HfGenerator:
+        cfg = load_config(TeacherConfig, None, ["backend=hf", f"hf.model={model}", "num_cpus_per_actor=2",
+                                                f"hf.prefix_cache={on}", f"sampling.max_tokens={mt}",
+                                                "sampling.temperature=0", "dataset=svamp"])
+        cfg = cfg.model_copy(update={"sampling": cfg.sampling.model_copy(update={"stop": stop})})
+        g = HfGenerator(cfg.model_dump_json(), chat=False)
+        g(pa.Table.from_pylist(rows[:a.batch]))  # warm-up (computes the prefix when on)
+        return g
+
+    if sizes:
+        g, i = generator(True, a.max_tokens), a.batch
+        for b in sizes:
+            t = time.time()
+            out = g(pa.Table.from_pylist(rows[i:i + b])).to_pylist()
+            s = time.time() - t
+            i += b
+            res[f"batch={b}"] = {"s_per_batch": round(s, 1), "s_per_example": round(s / b, 2),
+                                 "tokens_out": sum(r["tokens_out"] for r in out)}
+            print(json.dumps(res), flush=True)
+        return 0
     for on in (True, False):
         for mt in (1, a.max_tokens):
-            cfg = load_config(TeacherConfig, None, ["backend=hf", f"hf.model={model}", "num_cpus_per_actor=2",
-                                                    f"hf.prefix_cache={on}", f"sampling.max_tokens={mt}",
-                                                    "sampling.temperature=0", "dataset=svamp"])
-            cfg = cfg.model_copy(update={"sampling": cfg.sampling.model_copy(update={"stop": stop})})
-            g = HfGenerator(cfg.model_dump_json(), chat=False)
-            g(pa.Table.from_pylist(rows[:a.batch]))  # warm-up (computes the prefix when on)
+            g = generator(on, mt)
             t = time.time()
             out = g(pa.Table.from_pylist(rows[a.batch:])).to_pylist()
             res[f"prefix_cache={on}, max_tokens={mt}"] = {"s_per_batch": round(time.time() - t, 1),
