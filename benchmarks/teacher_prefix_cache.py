@@ -25,11 +25,23 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
+def batch_sizes(text: str) -> list[int]:
+    """`--batch-sizes`: comma-separated positive integers, e.g. 8,16,32."""
+    try:
+        sizes = [int(x) for x in text.split(",")]
+    except ValueError:
+        sizes = []
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"want comma-separated positive integers, got {text!r}")
+    return sizes
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--batch-sizes", help="comma-separated batch sizes: time the cache-on actor on each")
+    p.add_argument("--batch-sizes", type=batch_sizes, default=[],
+                   help="comma-separated batch sizes: time the cache-on actor on each")
     a = p.parse_args()
     import pyarrow as pa
 
@@ -39,7 +51,7 @@ def main() -> int:
     from sbs.teacher.gemma import ensure_gemma
     from teacher_gemma_bench import prompts_for
 
-    sizes = [int(x) for x in a.batch_sizes.split(",")] if a.batch_sizes else []
+    sizes = a.batch_sizes
     ex, prompts, stop = prompts_for(a.batch + (sum(sizes) if sizes else a.batch))
     rows = [{"id": e.id, "sample": 0, "prompt": q, "messages": ""} for e, q in zip(ex, prompts)]
     model, res, texts = str(ensure_gemma()), {}, {}
