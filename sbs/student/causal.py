@@ -13,7 +13,8 @@ docs/student.md says why. With one branch the plain 2-D mask is used (no 4-D mas
 
 The LM head runs only at the positions whose next token is a target (`logits_to_keep` as a
 boolean mask): for Gemma 3 (262k vocabulary) that is most of a training step's cost otherwise.
-With a task output vocabulary (`sbs.student.vocab`) it also computes only that vocabulary's rows.
+With a task output vocabulary (`sbs.student.vocab`) it also computes only that vocabulary's rows,
+and the decoder's linear layers and MLPs skip the padding positions (`sbs.student.unpad`).
 All are exact: tests/test_causal.py (and tests/test_output_vocab.py for the vocabulary) compare against plain forward passes.
 """
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any, Sequence
 
 import torch
 
+from sbs.student.unpad import unpadded
 from sbs.student.vocab import restricted_head, target_logprobs, unwrap
 
 IGNORE = -100
@@ -138,7 +140,7 @@ def token_logprobs(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Te
     else:  # one branch: an ordinary right-padded row, the default 2-D mask and positions
         kw["attention_mask"] = (segs != PAD_SEGMENT).long()
     vocab = batch.get("vocab")
-    with restricted_head(model, vocab):
+    with restricted_head(model, vocab), unpadded(model, segs != PAD_SEGMENT):
         logits = model(**kw).logits.float()  # (N, V or len(vocab)): one row per kept position
     targets = labels[:, 1:][keep[:, :-1]]
     logp = target_logprobs(logits, targets, vocab)

@@ -1,0 +1,114 @@
+"""Position-wise layers on real tokens only (sbs.student.unpad): they do skip the padding, and the
+losses, scores and gradients are those of a padded pass (test_causal.py compares the same paths
+with separate unpadded forward passes per row)."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from sbs.export import ExportMeta
+from sbs.student.causal import PAD_SEGMENT
+from sbs.student.collate import Collator
+from sbs.student.config import ModelConfig
+from sbs.student.losses import compute_loss
+from sbs.student.models import build_trainable
+from sbs.student import unpad
+
+ROWS = [{"id": "a", "input": "Is a cat an animal?", "label": "yes", "rationale": "Cats are animals."},
+        {"id": "b", "input": "Can a fish that lives in the sea climb a tall tree in the forest?", "label": "no",
+         "rationale": "Fish have no limbs to climb with, and they cannot breathe out of water."}]
+
+
+def meta(method: str) -> ExportMeta:
+    return ExportMeta(method=method, dataset="cqa", model_kind="causal", max_input_length=64,
+                      max_label_length=16, max_rationale_length=80)
+
+
+@pytest.fixture(scope="module", params=[("tiny-gemma3", 0), ("tiny-gemma3", 4), ("tiny-gpt2", 4)],
+                ids=["gemma3", "gemma3-lora", "gpt2-lora"])
+def student(request):
+    name, r = request.param
+    model, tok, _ = build_trainable(ModelConfig(name=name, lora_r=r, lora_dropout=0.0))
+    return model.eval(), tok
+
+
+def rows_seen(model, fn):
+    """Run fn(); return the (first two) input dims every hooked module was called with."""
+    seen, handles = [], []
+    for m in unpad.positionwise_modules(model):  # a forward hook gets the input the module ran on
+        handles.append(m.register_forward_hook(lambda mod, args, out: seen.append(tuple(args[0].shape[:2]))))
+    try:
+        fn()
+    finally:
+        for h in handles:
+            h.remove()
+    return seen
+
+
+def test_the_hooked_modules_are_the_mlps_and_linear_layers_outside_them_not_the_head(student):
+    model, _ = student
+    mods = unpad.positionwise_modules(model)
+    names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if any(m is x for x in mods)}
+    head = model.get_output_embeddings()
+    assert all(m is not head for m in mods)
+    assert "mlp" in names and not names & {"lm_head", "gate_proj", "up_proj", "down_proj", "c_fc"}
+    assert names - {"mlp"}  # the attention projections
+    lora = [n for n, _ in model.named_parameters() if "lora_" in n]
+    if lora:  # every adapted layer is hooked whole (base and LoRA branch), never its parts
+        assert not names & {"base_layer", "lora_A", "lora_B"}
+
+
+@pytest.mark.parametrize("method", ["standard", "multitask"])
+def test_loss_and_gradients_equal_the_padded_pass_and_padding_is_skipped(student, method):
+    model, tok = student
+    batch = Collator(tok, meta(method))(ROWS)
+    b = next(iter(batch.values()))
+    real = b["segments"] != PAD_SEGMENT
+    assert not bool(real.all())  # the rows differ in length: there is padding to skip
+
+    def loss_and_grads():
+        model.zero_grad()
+        loss = compute_loss(model, batch, method, 0.5)[0]
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    out: dict[str, tuple] = {}
+    seen = rows_seen(model, lambda: out.setdefault("unpadded", loss_and_grads()))
+    assert seen and set(seen) == {(1, int(real.sum()))}  # every hooked module ran on the real tokens only
+    with unpad.padded():
+        seen = rows_seen(model, lambda: out.setdefault("padded", loss_and_grads()))
+    assert set(seen) == {tuple(real.shape)}
+    (loss, grads), (want, want_grads) = out["unpadded"], out["padded"]
+    torch.testing.assert_close(loss, want, rtol=1e-5, atol=1e-6)
+    assert grads.keys() == want_grads.keys() and grads
+    for n in grads:
+        torch.testing.assert_close(grads[n], want_grads[n], rtol=1e-4, atol=1e-6, msg=n)
+    model.zero_grad()
+
+
+def test_only_the_thread_that_entered_skips_padding(student):
+    """A Serve replica may score in one thread while it generates in another with the same model."""
+    model, tok = student
+    ids = tok(["a short row", "a somewhat longer row of text here"], return_tensors="pt", padding=True)["input_ids"]
+    real = torch.zeros(ids.shape, dtype=torch.bool)
+    real[0, :2] = True
+    real[1] = True
+    other: list = []
+    entered, done = threading.Event(), threading.Event()
+
+    def elsewhere():
+        entered.wait()
+        other.extend(rows_seen(model, lambda: model(input_ids=ids)))
+        done.set()
+
+    t = threading.Thread(target=elsewhere)
+    t.start()
+    with torch.no_grad(), unpad.unpadded(model, real):
+        entered.set()
+        done.wait(60)
+        mine = rows_seen(model, lambda: model(input_ids=ids))
+    t.join()
+    assert set(other) == {tuple(ids.shape)}
+    assert set(mine) == {(1, int(real.sum()))}
