@@ -112,3 +112,29 @@ def test_only_the_thread_that_entered_skips_padding(student):
     t.join()
     assert set(other) == {tuple(ids.shape)}
     assert set(mine) == {(1, int(real.sum()))}
+
+
+def test_a_module_returning_a_tuple_gets_its_first_element_scattered_and_the_rest_as_computed():
+    """A mixture-of-experts MLP returns (hidden states, router logits): the first is scattered back
+    to (B, T, ...), the rest stays what the module computed on the real tokens."""
+    class MoE(torch.nn.Module):
+        def forward(self, x):
+            return x * 2, x.sum(-1)
+
+    class Body(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.mlp = MoE()
+
+        def get_output_embeddings(self):
+            return None
+
+    body = Body()
+    x = torch.randn(2, 3, 4)
+    real = torch.tensor([[True, True, False], [True, True, True]])
+    with unpad.unpadded(body, real):
+        hidden, router = body.mlp(x)
+    assert hidden.shape == (2, 3, 4) and router.shape == (1, 5)
+    torch.testing.assert_close(hidden[real], 2 * x[real])
+    assert bool((hidden[~real] == 0).all())
+    torch.testing.assert_close(router[0], x[real].sum(-1))

@@ -13,7 +13,9 @@ loss or score is taken there. tests/test_unpad.py compares losses and gradients 
 
 The modules hooked are the top-most position-wise ones of the model body: every `mlp`, and every
 linear layer outside one (attention projections, with their LoRA adapters where peft wrapped
-them), never the LM head (`logits_to_keep` already limits it). The hooks are installed once per
+them), never the LM head (`logits_to_keep` already limits it). A module that returns a tuple (a
+mixture-of-experts MLP: hidden states, router logits) gets its first element scattered back and
+the rest returned as computed on the real tokens. The hooks are installed once per
 model and act only in the thread that entered `unpadded` (a Serve replica may generate in another
 thread with the same model), as `sbs.student.vocab.restricted_head` does.
 """
@@ -81,9 +83,12 @@ def _scatter(module: torch.nn.Module, args: tuple[Any, ...], out: Any) -> Any:
     if state is None or not state["stack"] or not state["stack"].pop():
         return None
     B, T = state["shape"]
+    rest = None
+    if isinstance(out, tuple):  # e.g. a mixture-of-experts MLP: (hidden states, router logits of the real tokens)
+        out, rest = out[0], out[1:]
     y = out[0]  # (N, ...): this module's output at the real positions
-    full = y.new_zeros(B * T, *y.shape[1:]).index_copy(0, state["index"], y)
-    return full.view(B, T, *y.shape[1:])
+    full = y.new_zeros(B * T, *y.shape[1:]).index_copy(0, state["index"], y).view(B, T, *y.shape[1:])
+    return full if rest is None else (full, *rest)
 
 
 def _install(body: torch.nn.Module) -> None:
