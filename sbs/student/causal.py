@@ -13,9 +13,10 @@ docs/student.md says why. With one branch the plain 2-D mask is used (no 4-D mas
 
 The LM head runs only at the positions whose next token is a target (`logits_to_keep` as a
 boolean mask): for Gemma 3 (262k vocabulary) that is most of a training step's cost otherwise.
-With a task output vocabulary (`sbs.student.vocab`) it also computes only that vocabulary's rows,
-and the decoder's linear layers and MLPs skip the padding positions (`sbs.student.unpad`).
-All are exact: tests/test_causal.py (and tests/test_output_vocab.py for the vocabulary) compare against plain forward passes.
+With a task output vocabulary (`sbs.student.vocab`) it also computes only that vocabulary's rows.
+The decoder's linear layers and MLPs skip the padding positions (`sbs.student.unpad`), always.
+All are exact: tests/test_causal.py (tests/test_output_vocab.py for the vocabulary,
+tests/test_unpad.py for the padding) compare against plain forward passes.
 """
 from __future__ import annotations
 

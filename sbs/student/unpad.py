@@ -6,7 +6,8 @@ they, like the MLP's activation, act on each position alone. Inside `unpadded(mo
 such module gathers the real positions of its (B, T, ...) input, runs on those N rows alone, and
 scatters its output back, zeros at padding. Attention, norms and embeddings still run padded.
 
-Exact for every real position: a padding position then holds other values than in a padded pass,
+Exact for every real position (up to float rounding: the products run over fewer rows): a padding
+position then holds other values than in a padded pass,
 but nothing real reads it. Rows are right-padded, so a causal query never reaches a later padding
 key, and the mask (the 2-D padding mask or `causal.block_mask`) excludes padding keys anyway; no
 loss or score is taken there. tests/test_unpad.py compares losses and gradients with padded passes.
@@ -17,7 +18,9 @@ them), never the LM head (`logits_to_keep` already limits it). A module that ret
 mixture-of-experts MLP: hidden states, router logits) gets its first element scattered back and
 the rest returned as computed on the real tokens. The hooks are installed once per
 model and act only in the thread that entered `unpadded` (a Serve replica may generate in another
-thread with the same model), as `sbs.student.vocab.restricted_head` does.
+thread with the same model), as `sbs.student.vocab.restricted_head` does. They act during the
+forward pass only: a model that recomputes layers in backward (gradient checkpointing, which sbs
+does not turn on) would recompute them padded.
 """
 from __future__ import annotations
 
