@@ -145,10 +145,11 @@ def main() -> None:
             res[m + ("_task_vocab" if v == "task" else "")] = time_method(
                 model, tok, kind, rows, m, args, vocab=vocabs.get(m) if v == "task" else None,
                 profile=args.profile and m == "standard" and v == kinds[-1])
-    if kind == "causal":  # the same step with the padding run through every layer (sbs.student.unpad)
+    if kind == "causal":  # the last vocabulary's standard step with the padding run through every layer
+        v = kinds[-1]
         with padded():
-            res["standard_padded" + ("_task_vocab" if kinds[-1] == "task" else "")] = time_method(
-                model, tok, kind, rows, "standard", args, vocab=vocabs.get("standard") if kinds[-1] == "task" else None)
+            res["standard_padded" + ("_task_vocab" if v == "task" else "")] = time_method(
+                model, tok, kind, rows, "standard", args, vocab=vocabs.get("standard") if v == "task" else None)
     if kind == "causal" and not args.skip_hf_loss:
         res["standard_hf_loss"] = time_method(model, tok, kind, rows, "standard", args, hf_default_loss)
     out = {"model": args.model, "dataset": args.dataset, "lora_r": args.lora_r, "lora_layers": args.lora_layers,

@@ -6,9 +6,8 @@ they, like the MLP's activation, act on each position alone. Inside `unpadded(mo
 such module gathers the real positions of its (B, T, ...) input, runs on those N rows alone, and
 scatters its output back, zeros at padding. Attention, norms and embeddings still run padded.
 
-Exact for every real position (up to float rounding: the products run over fewer rows): a padding
-position then holds other values than in a padded pass,
-but nothing real reads it. Rows are right-padded, so a causal query never reaches a later padding
+Exact for every real position (up to float rounding: the products run over fewer rows). A padding
+position then holds other values than in a padded pass, but nothing real reads it. Rows are right-padded, so a causal query never reaches a later padding
 key, and the mask (the 2-D padding mask or `causal.block_mask`) excludes padding keys anyway; no
 loss or score is taken there. tests/test_unpad.py compares losses and gradients with padded passes.
 
