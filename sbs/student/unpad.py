@@ -7,9 +7,10 @@ such module gathers the real positions of its (B, T, ...) input, runs on those N
 scatters its output back, zeros at padding. Attention, norms and embeddings still run padded.
 
 Exact for every real position (up to float rounding: the products run over fewer rows). A padding
-position then holds other values than in a padded pass, but nothing real reads it. Rows are right-padded, so a causal query never reaches a later padding
-key, and the mask (the 2-D padding mask or `causal.block_mask`) excludes padding keys anyway; no
-loss or score is taken there. tests/test_unpad.py compares losses and gradients with padded passes.
+position then holds other values than in a padded pass, but nothing real reads it. Rows are
+right-padded, so a causal query never reaches a later padding key, and the mask (the 2-D padding
+mask or `causal.block_mask`) excludes padding keys anyway; no loss or score is taken there.
+tests/test_unpad.py compares losses and gradients with padded passes.
 
 The modules hooked are the top-most position-wise ones of the model body: every `mlp`, and every
 linear layer outside one (attention projections, with their LoRA adapters where peft wrapped
