@@ -12,7 +12,9 @@ causal multi-task step as one pass over the shared input; the paper's two-pass s
 extra forward+backward); for causal students, HF's default loss (`model(..., labels=)`: logits
 over the whole vocabulary at every position) / sbs's (logits at target positions only), same
 batch; and sbs's standard step with the padding run through every layer / the same step skipping
-it (`sbs.student.unpad`). Causal students are timed with the whole vocabulary and with the task's
+it (`sbs.student.unpad`); and sbs's standard step with the modules' own eager kernels / the same
+step with fused ones (`sbs.student.fused`; the first step, which compiles them, is a warm-up step).
+Causal students are timed with the whole vocabulary and with the task's
 (`model.output_vocab=task`, docs/student.md), unless --output-vocab picks one. Not a test.
 """
 from __future__ import annotations
@@ -32,6 +34,7 @@ from sbs.student.losses import compute_loss
 from sbs.student.loop import make_meta, make_optimizer, optimizer_step
 from sbs.student.models import build_trainable
 from sbs.student.recorded import write_accepted
+from sbs.student.fused import eager
 from sbs.student.unpad import padded
 
 
@@ -145,11 +148,12 @@ def main() -> None:
             res[m + ("_task_vocab" if v == "task" else "")] = time_method(
                 model, tok, kind, rows, m, args, vocab=vocabs.get(m) if v == "task" else None,
                 profile=args.profile and m == "standard" and v == kinds[-1])
-    if kind == "causal":  # the last vocabulary's standard step with the padding run through every layer
-        v = kinds[-1]
-        with padded():
-            res["standard_padded" + ("_task_vocab" if v == "task" else "")] = time_method(
-                model, tok, kind, rows, "standard", args, vocab=vocabs.get("standard") if v == "task" else None)
+    if kind == "causal":  # the last vocabulary's standard step with the padding run through every layer,
+        v = kinds[-1]     # and with the eager kernels
+        for ref, ctx in (("padded", padded), ("eager", eager)):
+            with ctx():
+                res[f"standard_{ref}" + ("_task_vocab" if v == "task" else "")] = time_method(
+                    model, tok, kind, rows, "standard", args, vocab=vocabs.get("standard") if v == "task" else None)
     if kind == "causal" and not args.skip_hf_loss:
         res["standard_hf_loss"] = time_method(model, tok, kind, rows, "standard", args, hf_default_loss)
     out = {"model": args.model, "dataset": args.dataset, "lora_r": args.lora_r, "lora_layers": args.lora_layers,
@@ -163,6 +167,8 @@ def main() -> None:
             out[f"ratio_hf_loss_over_sbs{suffix}"] = round(res["standard_hf_loss"]["step_s"] / std, 3)
         if "standard_padded" + suffix in res:
             out[f"ratio_padded_over_unpadded{suffix}"] = round(res["standard_padded" + suffix]["step_s"] / std, 3)
+        if "standard_eager" + suffix in res:
+            out[f"ratio_eager_over_fused{suffix}"] = round(res["standard_eager" + suffix]["step_s"] / std, 3)
     for m, r in res.items():
         print(f"{m:26s}: {r['step_s']:.3f} s/step, collation {r['collate_s'] * 1000:.1f} ms "
               f"({100 * r['collate_share']:.1f}% of the step)")

@@ -14,9 +14,11 @@ docs/student.md says why. With one branch the plain 2-D mask is used (no 4-D mas
 The LM head runs only at the positions whose next token is a target (`logits_to_keep` as a
 boolean mask): for Gemma 3 (262k vocabulary) that is most of a training step's cost otherwise.
 With a task output vocabulary (`sbs.student.vocab`) it also computes only that vocabulary's rows.
-The decoder's linear layers and MLPs skip the padding positions (`sbs.student.unpad`), always.
-All are exact: tests/test_causal.py (tests/test_output_vocab.py for the vocabulary,
-tests/test_unpad.py for the padding) compare against plain forward passes.
+The decoder's linear layers and MLPs skip the padding positions (`sbs.student.unpad`), always,
+and where training records gradients, Gemma's norms and MLP activation run as fused kernels
+(`sbs.student.fused`, unless `model.fused_kernels=false`). All are exact: tests/test_causal.py
+(tests/test_output_vocab.py for the vocabulary, tests/test_unpad.py for the padding,
+tests/test_fused.py for the kernels) compare against plain forward passes.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from typing import Any, Sequence
 
 import torch
 
+from sbs.student.fused import fused
 from sbs.student.unpad import unpadded
 from sbs.student.vocab import restricted_head, target_logprobs, unwrap
 
@@ -141,7 +144,7 @@ def token_logprobs(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Te
     else:  # one branch: an ordinary right-padded row, the default 2-D mask and positions
         kw["attention_mask"] = (segs != PAD_SEGMENT).long()
     vocab = batch.get("vocab")
-    with restricted_head(model, vocab), unpadded(model, segs != PAD_SEGMENT):
+    with restricted_head(model, vocab), unpadded(model, segs != PAD_SEGMENT), fused():
         logits = model(**kw).logits.float()  # (N, V or len(vocab)): one row per kept position
     targets = labels[:, 1:][keep[:, :-1]]
     logp = target_logprobs(logits, targets, vocab)

@@ -46,6 +46,9 @@ class ModelConfig(Config):
                                                   "training rows and of the candidate answers: "
                                                   "sbs.student.vocab), exactly in training, generation and "
                                                   "choice scoring; 'full': the whole vocabulary")
+    fused_kernels: bool = Field(True, description="training steps run the Gemma 3 family's RMSNorms and MLP "
+                                "activation as fused kernels compiled by torch.compile (exact up to float "
+                                "rounding: sbs.student.fused); false: the modules' own eager forward")
 
 
 class DataConfig(Config):

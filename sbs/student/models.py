@@ -182,8 +182,13 @@ def build_student(cfg: ModelConfig) -> tuple[Any, Any, str]:
 
 
 def build_trainable(cfg: ModelConfig) -> tuple[Any, Any, str]:
-    """`build_student` plus, with `lora_r > 0`, peft LoRA adapters (only they train)."""
+    """`build_student` plus, with `lora_r > 0`, peft LoRA adapters (only they train), and with
+    `fused_kernels`, fused training kernels for the modules `sbs.student.fused` knows."""
     model, tok, kind = build_student(cfg)
+    if cfg.fused_kernels:
+        from sbs.student.fused import install
+
+        install(model)
     if not cfg.lora_r:
         return model, tok, kind
     if kind == "encoder_decoder":

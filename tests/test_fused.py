@@ -1,0 +1,99 @@
+"""Fused training kernels (sbs.student.fused): the formulas are the modules' own, the fused step's
+losses and gradients are the eager step's, and nothing outside a training step changes."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sbs.export import ExportMeta
+from sbs.student import fused
+from sbs.student.collate import Collator
+from sbs.student.config import ModelConfig
+from sbs.student.losses import compute_loss
+from sbs.student.models import build_student, build_trainable
+
+ROWS = [{"id": "a", "input": "Is a cat an animal?", "label": "yes", "rationale": "Cats are animals."},
+        {"id": "b", "input": "Can a fish that lives in the sea climb a tall tree?", "label": "no",
+         "rationale": "Fish have no limbs to climb with."}]
+
+
+def meta(method: str) -> ExportMeta:
+    return ExportMeta(method=method, dataset="cqa", model_kind="causal", max_input_length=64,
+                      max_label_length=16, max_rationale_length=48)
+
+
+@pytest.fixture(scope="module", params=[0, 4], ids=["full", "lora"])
+def student(request):
+    model, tok, _ = build_trainable(ModelConfig(name="tiny-gemma3", lora_r=request.param, fused_kernels=True))
+    return model.train(), tok
+
+
+def test_every_norm_and_mlp_of_gemma3_is_fused_and_nothing_else():
+    model, _, _ = build_student(ModelConfig(name="tiny-gemma3"))
+    names = {type(m).__name__ for m in fused.fusable(model)}
+    assert names == {"Gemma3RMSNorm", "Gemma3MLP"}
+    n_layers = model.config.num_hidden_layers
+    # per layer: input, post-attention, pre- and post-feedforward norms, the query and key norms; the final norm
+    assert sum(type(m).__name__ == "Gemma3RMSNorm" for m in fused.fusable(model)) == 6 * n_layers + 1
+    gpt2, _, _ = build_student(ModelConfig(name="tiny-gpt2"))
+    assert fused.fusable(gpt2) == []  # unknown formulas run as they are
+
+
+def test_the_formulas_are_the_modules_own():
+    """Guards against a transformers upgrade changing a module's computation under sbs."""
+    model, _, _ = build_student(ModelConfig(name="tiny-gemma3"))
+    torch.manual_seed(0)
+    for m in fused.fusable(model):
+        if type(m).__name__ in fused.NORMS:
+            with torch.no_grad():
+                m.weight.normal_()
+            x = torch.randn(3, 5, m.weight.shape[0])
+            assert torch.equal(fused.NORMS[type(m).__name__](x, m.weight, float(m.eps)), m(x))
+        else:
+            x = torch.randn(3, 5, model.config.hidden_size)
+            want = m.down_proj(fused.MLPS[type(m).__name__](m.gate_proj(x), m.up_proj(x)))
+            assert torch.equal(want, m(x))
+
+
+@pytest.mark.parametrize("method", ["standard", "multitask"])
+def test_the_fused_step_has_the_eager_steps_loss_and_gradients(student, method):
+    model, tok = student
+    batch = Collator(tok, meta(method))(ROWS)
+
+    def loss_and_grads():
+        model.zero_grad()
+        loss = compute_loss(model, batch, method, 0.5)[0]  # enters fused() itself
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    seen: list[str] = []
+    compiled = fused._kernel
+    try:  # count the calls that take the fused path
+        fused._kernel = lambda fn: (seen.append(fn.__name__), compiled(fn))[1]
+        loss, grads = loss_and_grads()
+    finally:
+        fused._kernel = compiled
+    with fused.eager():
+        ref_loss, ref_grads = loss_and_grads()
+    assert set(seen) == {"gemma_rms_norm", "gelu_tanh_gate"}
+    assert not fused._BROKEN, fused._BROKEN
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)
+    assert grads.keys() == ref_grads.keys() and grads
+    for n in grads:
+        torch.testing.assert_close(grads[n], ref_grads[n], rtol=1e-4, atol=1e-6, msg=n)
+
+
+def test_no_fused_kernel_runs_without_gradients_or_outside_a_step(student):
+    model, tok = student
+    batch = Collator(tok, meta("standard"))(ROWS)
+    seen: list[str] = []
+    compiled = fused._kernel
+    try:
+        fused._kernel = lambda fn: (seen.append(fn.__name__), compiled(fn))[1]
+        with torch.no_grad():  # evaluation and choice scoring
+            compute_loss(model, batch, "standard", 0.5)
+        b = batch["label"]
+        model(input_ids=b["input_ids"]).logits.sum().backward()  # HF's own forward, outside sbs's step
+    finally:
+        fused._kernel = compiled
+    assert seen == []
