@@ -97,3 +97,43 @@ def test_no_fused_kernel_runs_without_gradients_or_outside_a_step(student):
     finally:
         fused._kernel = compiled
     assert seen == []
+
+
+NO_COMPILER = """
+import json, logging, torch
+from sbs.student import fused
+from sbs.student.collate import Collator
+from sbs.student.config import ModelConfig
+from sbs.student.losses import compute_loss
+from sbs.student.models import build_trainable
+from tests.test_fused import ROWS, meta
+logging.basicConfig(level=logging.WARNING)
+model, tok, _ = build_trainable(ModelConfig(name="tiny-gemma3", lora_r=4, fused_kernels=True))
+batch = Collator(tok, meta("standard"))(ROWS)
+loss = compute_loss(model.train(), batch, "standard", 0.5)[0]
+loss.backward()
+with fused.eager():
+    ref = compute_loss(model, batch, "standard", 0.5)[0]
+print(json.dumps({"broken": fused._BROKEN, "equal": torch.equal(loss.detach(), ref.detach())}))
+"""
+
+
+def test_a_machine_that_cannot_compile_trains_with_the_eager_kernels(tmp_path):
+    """No C++ compiler for inductor (its own process: inductor caches the compiler it found): one
+    warning, then the step runs the modules' own forward."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = dict(os.environ, CXX="/nonexistent/c++", TORCHINDUCTOR_FX_GRAPH_CACHE="0",
+               TORCHINDUCTOR_CACHE_DIR=str(tmp_path))  # a cached kernel would need no compiler
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, "-c", NO_COMPILER], env=env, cwd=root, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res["broken"] and res["equal"], res
+    said = [line for line in out.stderr.splitlines() if "torch.compile failed" in line]
+    assert len(said) == 1 and "model.fused_kernels=false" in said[0], out.stderr[-3000:]
