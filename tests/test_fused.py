@@ -5,21 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sbs.export import ExportMeta
 from sbs.student import fused
 from sbs.student.collate import Collator
 from sbs.student.config import ModelConfig
 from sbs.student.losses import compute_loss
 from sbs.student.models import build_student, build_trainable
-
-ROWS = [{"id": "a", "input": "Is a cat an animal?", "label": "yes", "rationale": "Cats are animals."},
-        {"id": "b", "input": "Can a fish that lives in the sea climb a tall tree?", "label": "no",
-         "rationale": "Fish have no limbs to climb with."}]
-
-
-def meta(method: str) -> ExportMeta:
-    return ExportMeta(method=method, dataset="cqa", model_kind="causal", max_input_length=64,
-                      max_label_length=16, max_rationale_length=48)
+from tests.test_unpad import ROWS, meta  # the same two rows of unequal length
 
 
 @pytest.fixture(scope="module", params=[0, 4], ids=["full", "lora"])
@@ -106,7 +97,7 @@ from sbs.student.collate import Collator
 from sbs.student.config import ModelConfig
 from sbs.student.losses import compute_loss
 from sbs.student.models import build_trainable
-from tests.test_fused import ROWS, meta
+from tests.test_unpad import ROWS, meta
 logging.basicConfig(level=logging.WARNING)
 model, tok, _ = build_trainable(ModelConfig(name="tiny-gemma3", lora_r=4, fused_kernels=True))
 batch = Collator(tok, meta("standard"))(ROWS)
