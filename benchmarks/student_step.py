@@ -30,11 +30,11 @@ import torch
 from sbs.student.collate import Collator
 from sbs.student.config import ModelConfig, StudentTrainConfig
 from sbs.student.data import read_accepted
+from sbs.student.fused import eager
 from sbs.student.losses import compute_loss
 from sbs.student.loop import make_meta, make_optimizer, optimizer_step
 from sbs.student.models import build_trainable
 from sbs.student.recorded import write_accepted
-from sbs.student.fused import eager
 from sbs.student.unpad import padded
 
 

@@ -2,11 +2,11 @@
 
 Once the linear layers skip the padding (`sbs.student.unpad`), most of what is left of a Gemma 3
 training step outside the matrix products is chains of small elementwise kernels, each reading
-and writing whole activations, forward and backward: the RMSNorms (four a layer around attention
+and writing whole activations, forward and backward: the RMSNorms (four per layer around attention
 and the MLP, plus one on the queries and one on the keys; `x * rsqrt(mean(x^2) + eps) * (1 + w)`
 is about 7 kernels forward and 10 backward) and the gated MLP's `gelu_tanh(gate) * up`. Inside
-`fused(model)` those modules run as kernels inductor generates from the same formulas, forward and
-backward, once per process (dynamic shapes: one kernel for every batch and length; inductor's
+`fused()` those modules run as kernels inductor generates from the same formulas, forward and
+backward, once per process (dynamic shapes: a few kernels serve every batch and length; inductor's
 on-disk cache serves later processes).
 
 Exact up to float rounding: the same operations, in fp32, computed in other kernels.

@@ -91,7 +91,7 @@ def _gemma3_270m() -> tuple[Any, Any]:
 
     path = _gemma_path()
     # eager attention, the implementation transformers recommends for training Gemma 3 (every
-    # figure in docs/ was measured with it; sdpa was not compared here)
+    # figure in docs/ was measured with it; sdpa was no faster on the bench's step: docs/student.md)
     model = tr.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="eager")
     return model, _gemma_tokenizer()
 
