@@ -12,11 +12,11 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from sbs import __version__
 from sbs.config import Config, format_validation_error
-from sbs.datasets.base import split_answer
+from sbs.datasets.base import ChoiceLayout, split_answer
 
 META_FILE = "sbs_meta.json"
 Method = Literal["standard", "distill", "single_task", "multitask"]
@@ -47,14 +47,23 @@ class ExportMeta(Config):
     max_input_length: int = Field(512, gt=0)
     max_label_length: int = Field(32, gt=0)
     max_rationale_length: int = Field(128, gt=0)
-    show_choices: bool = Field(True, description="the input lists the answer choices (CQA); false: the "
-                               "question alone (data.show_choices)")
+    choice_layout: ChoiceLayout = Field("after", description="where the input lists the answer choices (CQA): "
+                                        "after the question, before it, or none (data.choice_layout)")
     output_vocab: list[int] | None = Field(None, description="causal students with model.output_vocab=task: the "
                                            "sorted token ids the student's softmax runs over (sbs.student.vocab); "
                                            "null: the whole vocabulary")
     run_name: str = ""
     created: float = Field(default_factory=time.time)
     metrics: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_show_choices(cls, data: Any) -> Any:
+        # Exports written before data.choice_layout existed say `show_choices: true|false`.
+        if isinstance(data, dict) and "show_choices" in data and "choice_layout" not in data:
+            data = dict(data)
+            data["choice_layout"] = "after" if data.pop("show_choices") else "none"
+        return data
 
     @field_validator("output_vocab")
     @classmethod

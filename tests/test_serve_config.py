@@ -2,6 +2,7 @@
 Ray Serve's own schema), the app builder's errors, and the bf16-on-GPU student replica."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -216,18 +217,25 @@ def test_builder_args_merge_into_the_file_section_by_section(tmp_path: Path):
 
 
 def test_ingress_renders_the_input_the_student_was_trained_on(tmp_path):
-    """A CQA student trained with data.show_choices=false reads the question alone over HTTP too
-    (the export's meta says so); one trained with the choices listed reads them."""
+    """A CQA student reads over HTTP what its export's meta says it was trained on (data.choice_layout):
+    the question alone, the choices first, or the choices after the question; an export written
+    before choice_layout existed (`show_choices`) still loads and reads the same."""
     from sbs.export import ExportMeta
     from sbs.serve.app import InputGate
     from sbs.serve.config import StudentSpec
 
     rec = {"question": "Where is milk kept cold?", "choices": ["oven", "fridge"]}
     texts = {}
-    for show in (True, False):
-        out = make_export(tmp_path / str(show), "cqa", "standard", kind="tiny-t5")
-        m = ExportMeta.read(out)
-        m.model_copy(update={"show_choices": show}).write(out)
-        texts[show] = InputGate(StudentSpec(dataset="cqa", export_dir=str(out))).to_text("input", rec)
-    assert texts[False] == "Question: Where is milk kept cold?"
-    assert "Answer Choices:" in texts[True] and "(b) fridge" in texts[True]
+    for layout in ("after", "before", "none"):
+        out = make_export(tmp_path / layout, "cqa", "standard", kind="tiny-t5")
+        ExportMeta.read(out).model_copy(update={"choice_layout": layout}).write(out)
+        texts[layout] = InputGate(StudentSpec(dataset="cqa", export_dir=str(out))).to_text("input", rec)
+    assert texts["none"] == "Question: Where is milk kept cold?"
+    assert texts["before"] == "Choices: oven, fridge\nQuestion: Where is milk kept cold?"
+    assert "Answer Choices:" in texts["after"] and "(b) fridge" in texts["after"]
+    meta = tmp_path / "none" / "sbs_meta.json"
+    for show, layout in ((False, "none"), (True, "after")):
+        d = json.loads(meta.read_text())
+        d.pop("choice_layout", None)
+        meta.write_text(json.dumps({**d, "show_choices": show}))
+        assert ExportMeta.read(meta.parent).choice_layout == layout

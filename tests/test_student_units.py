@@ -227,32 +227,41 @@ def test_data_errors_name_the_field(tmp_path):
         build_rows(cfg(None, "method.name=standard", "data.dataset=nope"))
 
 
-def test_show_choices_false_trains_validates_and_exports_the_question_alone(tmp_path):
-    """data.show_choices=false (CQA): the training rows, the validation inputs and the export's meta all
-    use the question alone, one rendering (TaskDataset.student_text); datasets without listed choices,
-    and choice selection on open answers, are config errors naming the field."""
+def test_choice_layout_trains_validates_and_exports_one_rendering(tmp_path):
+    """data.choice_layout (CQA): the training rows, the validation inputs and the export's meta all use
+    one rendering (TaskDataset.student_text): the choices after the question, before it, or not at
+    all; datasets without listed choices, and choice selection on open answers, are config errors
+    naming the field."""
     from sbs.datasets import get_dataset
     from sbs.student.data import valid_examples
     from sbs.student.loop import make_meta
 
     cqa = get_dataset("cqa")
     shown = build_rows(cfg(None, "data.dataset=cqa"))
-    alone = build_rows(cfg(None, "data.dataset=cqa", "data.show_choices=false", "train.select_by=choices"))
-    assert [r["id"] for r in shown.train] == [r["id"] for r in alone.train]
+    alone = build_rows(cfg(None, "data.dataset=cqa", "data.choice_layout=none", "train.select_by=choices"))
+    first = build_rows(cfg(None, "data.dataset=cqa", "data.choice_layout=before"))
+    assert [r["id"] for r in shown.train] == [r["id"] for r in alone.train] == [r["id"] for r in first.train]
     ex = {e.id: e for e in cqa.load("train")}
-    for a, b in zip(shown.train[:50], alone.train[:50]):
+    for a, b, f in zip(shown.train[:50], alone.train[:50], first.train[:50]):
         e = ex[a["id"]]
+        q = "Question: " + e.fields["question"].strip()
         assert a["input"] == e.input and "Answer Choices:" in a["input"] and e.fields["choices"][0] in a["input"]
-        assert b["input"] == "Question: " + e.fields["question"].strip() and "Answer Choices" not in b["input"]
-    c = cfg(None, "data.dataset=cqa", "data.show_choices=false")
-    assert make_meta(c, "causal").show_choices is False and make_meta(cfg(None, "data.dataset=cqa"), "causal").show_choices
+        assert b["input"] == q and "Answer Choices" not in b["input"]
+        assert f["input"] == "Choices: " + ", ".join(c.strip() for c in e.fields["choices"]) + "\n" + q
+    c = cfg(None, "data.dataset=cqa", "data.choice_layout=none")
+    assert make_meta(c, "causal").choice_layout == "none"
+    assert make_meta(cfg(None, "data.dataset=cqa"), "causal").choice_layout == "after"
     v = valid_examples(c, alone.valid_ids[:3], alone.valid_split)
-    assert cqa.student_text(v[0].fields, False).startswith("Question: ")
+    assert cqa.student_text(v[0].fields, "none").startswith("Question: ")
     rec = {"question": "Where is milk kept cold?", "choices": ["oven", "fridge"]}
-    assert cqa.format_input(rec, show_choices=False) == "Question: Where is milk kept cold?"
+    assert cqa.format_input(rec, "none") == "Question: Where is milk kept cold?"
+    assert cqa.format_input(rec, "before") == "Choices: oven, fridge\nQuestion: Where is milk kept cold?"
     assert "(b) fridge" in cqa.format_input(rec)
-    with pytest.raises(ConfigError, match=r"data\.show_choices.*svamp"):
-        build_rows(cfg(None, "data.show_choices=false"))
+    for layout in ("none", "before"):
+        with pytest.raises(ConfigError, match=rf"data\.choice_layout={layout}.*svamp"):
+            build_rows(cfg(None, f"data.choice_layout={layout}"))
+    with pytest.raises(ConfigError, match=r"data\.choice_layout"):
+        cfg(None, "data.choice_layout=first")
     with pytest.raises(ConfigError, match=r"train\.select_by=choices.*svamp"):
         build_rows(cfg(None, "train.select_by=choices"))
 
@@ -270,11 +279,11 @@ def test_select_by_choices_scores_validation_by_ranking_the_choices():
     exs = ds.load("test", limit=12)
     accs = {}
     for by in ("generate", "choices"):
-        c = cfg(None, "model.name=tiny-gpt2", "data.dataset=cqa", f"train.select_by={by}", "data.show_choices=false")
+        c = cfg(None, "model.name=tiny-gpt2", "data.dataset=cqa", f"train.select_by={by}", "data.choice_layout=none")
         m = make_meta(c, kind)
         acc = validate(model, tok, m, exs, c, 0, 1, torch.device("cpu"))
         st = Student(model, tok, m)
-        preds = st.predict([ds.student_text(e.fields, False) for e in exs], batch_size=c.train.eval_batch,
+        preds = st.predict([ds.student_text(e.fields, "none") for e in exs], batch_size=c.train.eval_batch,
                            candidates=candidates_for(ds, exs) if by == "choices" else None)
         want = sum(ds.score(p.label, e) for p, e in zip(preds, exs)) / len(exs)
         assert acc == pytest.approx(want)

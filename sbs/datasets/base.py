@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Any, ClassVar, Iterable
+from typing import Any, ClassVar, Iterable, Literal
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -29,6 +29,10 @@ BAD_EQUATION = "unparseable_equation"
 TOO_LONG = "too_long"
 NOT_TEXT = "not_text"
 AMBIGUOUS = "ambiguous_answer"  # the answer names two or more choices ("(a) x or (c) y")
+
+# Where a student input that lists answer choices (CQA) puts them: after the question (the paper's
+# layout), before it, or nowhere (the question alone). TaskDataset.student_text renders each.
+ChoiceLayout = Literal["after", "before", "none"]
 
 
 @dataclass(frozen=True)
@@ -128,6 +132,10 @@ class TaskDataset:
         """The student input with its answer choices left out (datasets that list them)."""
         raise NotImplementedError
 
+    def input_choices_first(self, fields: dict[str, Any]) -> str:
+        """The student input with its answer choices listed before the question (datasets that list them)."""
+        raise NotImplementedError
+
     def _from_shipped(self, row: dict[str, Any]) -> Example:
         raise NotImplementedError
 
@@ -181,18 +189,20 @@ class TaskDataset:
         """Type check of one input field; text by default."""
         return isinstance(value, str)
 
-    def format_input(self, record: dict[str, Any], show_choices: bool = True) -> str:
-        return self.student_text(self.check_fields(record), show_choices)
+    def format_input(self, record: dict[str, Any], layout: ChoiceLayout = "after") -> str:
+        return self.student_text(self.check_fields(record), layout)
 
-    def student_text(self, fields: dict[str, Any], show_choices: bool = True) -> str:
+    def student_text(self, fields: dict[str, Any], layout: ChoiceLayout = "after") -> str:
         """What a student reads for these fields (training, validation, eval and serving alike).
-        `show_choices=False` leaves the listed answer choices out (CQA): a pretrained causal LM's
-        own prior then ranks them (choice scoring); free generation has nothing to copy from."""
-        if show_choices:
+        Datasets whose input lists answer choices (CQA) have three layouts: `after` the question
+        (the paper's), `before` it (the question then sits right before the answer, where a
+        pretrained causal LM's own prior ranks the choices as well as with the question alone),
+        or `none` (the question alone: choice scoring only, free generation has nothing to copy)."""
+        if layout == "after":
             return self.student_input(fields)
         if not self.lists_choices:
-            raise ValueError(f"show_choices=false: {self.name}'s student input lists no answer choices")
-        return self.input_without_choices(fields)
+            raise ValueError(f"choice_layout={layout}: {self.name}'s student input lists no answer choices")
+        return self.input_without_choices(fields) if layout == "none" else self.input_choices_first(fields)
 
     def splits(self) -> tuple[str, ...]:
         return self.shipped_splits

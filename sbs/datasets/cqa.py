@@ -1,6 +1,8 @@
 """CommonsenseQA v1.11 with CoS-E explanations: 5-way multiple choice.
 
-Student input: the question and its lettered choices. Gold label: the choice text.
+Student input: the question and its lettered choices (`data.choice_layout`: after, as in the
+paper; `before`: "Choices: a, b, ...\nQuestion: <q>"; `none`: "Question: <q>"). Gold label: the
+choice text.
 Teacher answer form: `... So the answer is (d) math problem.` Scoring accepts the choice
 letter or the choice text. Licence: CoS-E BSD-3-Clause; CommonsenseQA per its authors.
 """
@@ -62,6 +64,9 @@ class Cqa(TaskDataset):
 
     def input_without_choices(self, fields: dict[str, Any]) -> str:
         return "Question: " + str(fields["question"]).strip()
+
+    def input_choices_first(self, fields: dict[str, Any]) -> str:
+        return "Choices: " + ", ".join(str(c).strip() for c in fields["choices"]) + "\n" + self.input_without_choices(fields)
 
     def _from_shipped(self, row: dict[str, Any]) -> Example:
         f = {"question": row["question"], "choices": list(row["choices"])}

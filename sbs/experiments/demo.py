@@ -102,10 +102,10 @@ def step_gemma(out: Path, n: int) -> dict[str, Any]:
 
 def train_overrides(out: Path, steps: int) -> list[str]:
     """The demo's student: Gemma 3 270M + LoRA, multi-task, one 2-CPU worker, ZeRO-0 (one worker). It
-    reads the question alone (data.show_choices=false) and is selected by choice scoring: the layout
+    reads the question alone (data.choice_layout=none) and is selected by choice scoring: the layout
     in which the pretrained model's own knowledge ranks the choices (docs/results.md, sweep 5)."""
     return ["model.name=gemma3-270m", "model.lora_r=16", "method.name=multitask", f"data.dataset={DATASET}",
-            "data.show_choices=false", "train.select_by=choices",
+            "data.choice_layout=none", "train.select_by=choices",
             f"data.rationales={out / 'rationales' / DATASET}", f"train.steps={steps}",
             f"train.eval_every={max(1, steps // 2)}", "train.global_batch=16", "train.micro_batch=16",
             "train.lr=3e-4", "train.warmup_steps=4", "train.zero_stage=0", "data.valid_limit=60",
@@ -148,7 +148,7 @@ def step_untrained(out: Path, limit: int) -> dict[str, Any]:
     model, tok, kind = build_student(ModelConfig(name="gemma3-270m"))
     student = Student(model, tok, ExportMeta(method="standard", dataset=DATASET, model_kind=kind,
                                              base_model="gemma3-270m", max_input_length=128, max_label_length=16,
-                                             show_choices=False))
+                                             choice_layout="none"))
     with _all_cores():
         res = evaluate(out / "untrained", split="test", limit=limit, student=student, decoding="choices")
     write_results(res, out / "eval_untrained_choices.json")

@@ -94,7 +94,7 @@ class InputGate:
             return example
         if isinstance(example, dict):
             try:
-                return self.dataset.format_input(example, self.meta.show_choices)
+                return self.dataset.format_input(example, self.meta.choice_layout)
             except InputError as e:
                 raise ClientError(422, str(e), field) from None
         raise ClientError(422, f"must be an object with fields {fields} or a string of student input text, "

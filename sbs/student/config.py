@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from sbs.config import Config, ConfigError, CustomResources, load_config
+from sbs.datasets.base import ChoiceLayout
 from sbs.export import Method, Prefixes
 
 ModelKindOpt = Literal["auto", "seq2seq", "encoder_decoder", "causal"]
@@ -71,9 +72,10 @@ class DataConfig(Config):
     max_input_length: int = Field(128, ge=8, le=8192, description="student input tokens (truncated)")
     max_label_length: int = Field(32, ge=2, le=1024, description="label target tokens")
     max_rationale_length: int = Field(128, ge=2, le=4096, description="rationale target tokens")
-    show_choices: bool = Field(True, description="the student input lists the answer choices (CQA, as in the "
-                               "paper); false: the question alone, so a pretrained causal student's own prior "
-                               "ranks the choices (--decoding choices); saved with the model")
+    choice_layout: ChoiceLayout = Field("after", description="datasets whose input lists answer choices (CQA): "
+                                        "after the question (the paper's layout), before it (a pretrained causal "
+                                        "student's prior then ranks them as with the question alone), or none "
+                                        "(the question alone: --decoding choices only); saved with the model")
 
 
 class MethodConfig(Config):

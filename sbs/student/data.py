@@ -41,9 +41,9 @@ def load_dataset(cfg: StudentTrainConfig) -> TaskDataset:
         ds = get_dataset(cfg.data.dataset)
     except KeyError as e:
         raise ConfigError(f"data.dataset: {e.args[0]}") from None
-    if not cfg.data.show_choices and not ds.lists_choices:
-        raise ConfigError(f"data.show_choices=false: {ds.name}'s student input lists no answer choices "
-                          "(only datasets with per-example choices, e.g. cqa)")
+    if cfg.data.choice_layout != "after" and not ds.lists_choices:
+        raise ConfigError(f"data.choice_layout={cfg.data.choice_layout}: {ds.name}'s student input lists no "
+                          "answer choices (only datasets with per-example choices, e.g. cqa)")
     if cfg.train.select_by == "choices" and ds.label_space is None and not ds.lists_choices:
         raise ConfigError(f"train.select_by=choices: {ds.name} has open answers (no label space or choices "
                           "to rank); use generate")
@@ -135,7 +135,7 @@ def build_rows(cfg: StudentTrainConfig) -> StudentData:
         if needs_teacher and t is None:
             dropped += 1
             continue
-        rows.append({"id": e.id, "input": ds.student_text(e.fields, d.show_choices), "label": t["label"] if source == "teacher" else e.label,
+        rows.append({"id": e.id, "input": ds.student_text(e.fields, d.choice_layout), "label": t["label"] if source == "teacher" else e.label,
                      "rationale": t["rationale"] if t and method in NEEDS_RATIONALE else ""})
     if not rows:
         raise ConfigError(f"data: no training rows left for method {method!r} ({len(picked)} examples, "

@@ -52,7 +52,7 @@ def evaluate(export_dir: str | Path, split: str = "test", dataset: str | None = 
     cands = candidates_for(ds, examples) if decoding == "choices" else None
     student = student or Student.load(export_dir, device=device, dtype=dtype)
     t0 = time.time()
-    preds = student.predict([ds.student_text(e.fields, student.meta.show_choices) for e in examples], explain=explain, batch_size=batch_size,
+    preds = student.predict([ds.student_text(e.fields, student.meta.choice_layout) for e in examples], explain=explain, batch_size=batch_size,
                             candidates=cands, normalize=normalize)
     seconds = time.time() - t0
     rows, correct = [], 0

@@ -44,7 +44,7 @@ def make_meta(cfg: StudentTrainConfig, kind: str, output_vocab: list[int] | None
                       input_fields=list(ds.input_fields), base_model=cfg.model.name,
                       prefixes=cfg.method.prefixes, max_input_length=cfg.data.max_input_length,
                       max_label_length=cfg.data.max_label_length,
-                      max_rationale_length=cfg.data.max_rationale_length, show_choices=cfg.data.show_choices,
+                      max_rationale_length=cfg.data.max_rationale_length, choice_layout=cfg.data.choice_layout,
                       output_vocab=output_vocab, run_name=cfg.run.name)
 
 
@@ -163,7 +163,7 @@ def validate(module: Any, tok: Any, meta: ExportMeta, examples: list[Any], cfg: 
     student = Student(module, tok, meta, str(device), generate_kwargs={"synced_gpus": True} if zero3 else None)
     ds = get_dataset(cfg.data.dataset)
     cands = candidates_for(ds, mine) if cfg.train.select_by == "choices" else None
-    preds = student.predict([ds.student_text(e.fields, meta.show_choices) for e in mine],
+    preds = student.predict([ds.student_text(e.fields, meta.choice_layout) for e in mine],
                             batch_size=cfg.train.eval_batch, candidates=cands)
     correct = sum(ds.score(p.label, e) for p, e in zip(preds[:real], mine[:real]))
     module.train()
