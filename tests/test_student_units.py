@@ -266,6 +266,23 @@ def test_choice_layout_trains_validates_and_exports_one_rendering(tmp_path):
         build_rows(cfg(None, "train.select_by=choices"))
 
 
+def test_an_untrained_student_is_scored_in_the_layout_it_is_given():
+    """sbs.student.evaluate.untrained: the base model as a standard student (the demo's reference,
+    scripts/choice_layouts.py); evaluate renders each example in its meta's choice layout."""
+    from sbs.student.evaluate import evaluate, untrained
+
+    seen = {}
+    for layout in ("after", "before", "none"):
+        st = untrained("tiny-gpt2", "cqa", layout)
+        assert (st.meta.choice_layout, st.meta.method, st.meta.model_kind) == (layout, "standard", "causal")
+        predict = st.predict
+        st.predict = lambda texts, **kw: seen.setdefault(layout, texts) and predict(texts, **kw)
+        res = evaluate("untrained", limit=3, student=st, decoding="choices")
+        assert res["n"] == 3 and all(r["pred"] in r["scores"] for r in res["predictions"])
+    assert seen["after"][0].count("\n(") >= 2 and seen["none"][0].startswith("Question: ")
+    assert seen["before"][0].startswith("Choices: ") and seen["before"][0].endswith(seen["none"][0])
+
+
 def test_select_by_choices_scores_validation_by_ranking_the_choices():
     """train.select_by=choices: validation accuracy is that of choice scoring (the candidate the label
     task finds most likely), the same number `sbs eval --decoding choices` gives on those examples."""

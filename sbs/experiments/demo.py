@@ -139,16 +139,9 @@ def _all_cores():
 
 def step_untrained(out: Path, limit: int) -> dict[str, Any]:
     """The same model before training, same prompt layout and choice scoring: what training added."""
-    from sbs.export import ExportMeta
-    from sbs.student.config import ModelConfig
-    from sbs.student.evaluate import evaluate, write_results
-    from sbs.predict import Student
-    from sbs.student.models import build_student
+    from sbs.student.evaluate import evaluate, untrained, write_results
 
-    model, tok, kind = build_student(ModelConfig(name="gemma3-270m"))
-    student = Student(model, tok, ExportMeta(method="standard", dataset=DATASET, model_kind=kind,
-                                             base_model="gemma3-270m", max_input_length=128, max_label_length=16,
-                                             choice_layout="none"))
+    student = untrained("gemma3-270m", DATASET, "none")
     with _all_cores():
         res = evaluate(out / "untrained", split="test", limit=limit, student=student, decoding="choices")
     write_results(res, out / "eval_untrained_choices.json")

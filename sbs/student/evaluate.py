@@ -13,11 +13,25 @@ from pathlib import Path
 from typing import Any
 
 from sbs.datasets import SplitUnavailable, get_dataset
+from sbs.datasets.base import ChoiceLayout
 from sbs.export import ExportMeta
 from sbs.predict import Student
 
 
 DECODINGS = ("generate", "choices")
+
+
+def untrained(model: str, dataset: str, choice_layout: ChoiceLayout = "after", max_input_length: int = 128,
+              max_label_length: int = 16) -> Student:
+    """A base model before any training, read as a standard-method student: what training adds is
+    measured against it (the demo's reference; scripts/choice_layouts.py)."""
+    from sbs.student.config import ModelConfig
+    from sbs.student.models import build_student
+
+    net, tok, kind = build_student(ModelConfig(name=model))
+    return Student(net, tok, ExportMeta(method="standard", dataset=dataset, model_kind=kind, base_model=model,
+                                        max_input_length=max_input_length, max_label_length=max_label_length,
+                                        choice_layout=choice_layout))
 
 
 def candidates_for(ds: Any, examples: list[Any]) -> list[list[str]]:
