@@ -230,9 +230,12 @@ def test_kind_auto_hub_seq2seq_is_refused_on_the_driver(tmp_path):
         task_vocab(cfg(f"model.name={tmp_path}"), ROWS)
 
 
-def test_resume_refuses_a_checkpoint_of_another_vocabulary(tmp_path):
+def test_resume_refuses_a_checkpoint_of_another_vocabulary_or_layout(tmp_path):
     from sbs.student.loop import check_resumable
 
     check_resumable(meta("standard", [1, 2, 3]), meta("standard", [1, 2, 3]), tmp_path)
     with pytest.raises(ValueError, match="3 tokens, this run has the whole vocabulary"):
         check_resumable(meta("standard", [1, 2, 3]), meta("standard", None), tmp_path)
+    before = meta("standard", None).model_copy(update={"choice_layout": "before"})
+    with pytest.raises(ValueError, match="data.choice_layout=before, this run has after"):
+        check_resumable(before, meta("standard", None), tmp_path)

@@ -213,7 +213,11 @@ def load_checkpoint(ckpt: Any, cfg: StudentTrainConfig, net: Any, module: Any, o
 
 def check_resumable(saved: ExportMeta, meta: ExportMeta, where: Path) -> None:
     """A checkpoint continues only the run it came from: its output vocabulary decides what every
-    logit means (a task vocabulary found from other training rows indexes other tokens)."""
+    logit means (a task vocabulary found from other training rows indexes other tokens), and its
+    choice layout what the student was reading."""
+    if saved.choice_layout != meta.choice_layout:
+        raise ValueError(f"resume: the checkpoint in {where} was trained with data.choice_layout="
+                         f"{saved.choice_layout}, this run has {meta.choice_layout}: start a new run (run.name)")
     if saved.output_vocab != meta.output_vocab:
         def size(v: list[int] | None) -> str:
             return "the whole vocabulary" if v is None else f"{len(v)} tokens"
