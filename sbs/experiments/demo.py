@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any, Callable, TextIO
 
 DATASET = "cqa"
-LAYOUT = "before"  # data.choice_layout: the choices, then the question (docs/student.md)
 DEMO_QUESTIONS = [
     {"question": "Where would you put a plate after washing it?",
      "choices": ["cupboard", "table", "flower pot", "restaurant", "dishwasher"]},
@@ -103,11 +102,12 @@ def step_gemma(out: Path, n: int) -> dict[str, Any]:
 
 def train_overrides(out: Path, steps: int) -> list[str]:
     """The demo's student: Gemma 3 270M + LoRA, multi-task, one 2-CPU worker, ZeRO-0 (one worker). It
-    reads the choices and then the question (data.choice_layout=before): the question sits next to
-    the answer, where the pretrained model's own knowledge ranks the choices best, and free
-    generation can copy a choice's wording (docs/student.md, "What the student reads")."""
+    reads the question alone (data.choice_layout=none) and is selected by choice scoring: the layout
+    in which the pretrained model's own knowledge ranks the choices (docs/results.md, sweep 5). The
+    choices listed before the question (`before`) need a longer run: 40 steps of it scored under
+    the untrained model (docs/results.md, the demo)."""
     return ["model.name=gemma3-270m", "model.lora_r=16", "method.name=multitask", f"data.dataset={DATASET}",
-            f"data.choice_layout={LAYOUT}",
+            "data.choice_layout=none", "train.select_by=choices",
             f"data.rationales={out / 'rationales' / DATASET}", f"train.steps={steps}",
             f"train.eval_every={max(1, steps // 2)}", "train.global_batch=16", "train.micro_batch=16",
             "train.lr=3e-4", "train.warmup_steps=4", "train.zero_stage=0", "data.valid_limit=60",
@@ -143,7 +143,7 @@ def step_untrained(out: Path, limit: int) -> dict[str, Any]:
     """The same model before training, same prompt layout and choice scoring: what training added."""
     from sbs.student.evaluate import evaluate, untrained, write_results
 
-    student = untrained("gemma3-270m", DATASET, LAYOUT)
+    student = untrained("gemma3-270m", DATASET, "none")
     with _all_cores():
         res = evaluate(out / "untrained", split="test", limit=limit, student=student, decoding="choices")
     write_results(res, out / "eval_untrained_choices.json")
@@ -268,10 +268,11 @@ def run(args: argparse.Namespace) -> int:
     for r in steps.rows:
         say(f"{r['step'].ljust(w)}  {r['seconds']:>6.0f}s")
     if "student_generate" in facts:
-        say(f"\nCQA test, {facts['n']} questions, label-only: the student {100 * facts['student_generate']:.1f}% by "
-            f"free generation (the paper's metric), {100 * facts['student_choices']:.1f}% by choice scoring; the "
-            f"same model untrained {100 * facts.get('untrained_choices', float('nan')):.1f}% (choice scoring); the "
-            f"PaLM 540B teacher {100 * facts.get('teacher_accuracy', float('nan')):.1f}%; chance 20.0% (5 choices)")
+        say(f"\nCQA test, {facts['n']} questions, label-only, choice scoring: the student "
+            f"{100 * facts['student_choices']:.1f}%, the same model untrained "
+            f"{100 * facts.get('untrained_choices', float('nan')):.1f}%; the PaLM 540B teacher "
+            f"{100 * facts.get('teacher_accuracy', float('nan')):.1f}%; chance 20.0% (5 choices). Free generation "
+            f"{100 * facts['student_generate']:.1f}% (the student reads the question alone: no choices to copy)")
     say(f"wall time {time.time() - steps.t0:.0f}s; everything is under {out}:")
     for r in steps.rows:
         say(f"  {r['written']}")
