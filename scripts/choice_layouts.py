@@ -18,6 +18,7 @@ import time
 from typing import get_args
 
 from sbs.datasets.base import ChoiceLayout
+from sbs.predict import Student
 from sbs.student.evaluate import evaluate, untrained
 
 
@@ -30,10 +31,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default=None, help="also write the figures here")
     args = p.parse_args(argv)
     out = {}
+    base = untrained(args.model, args.dataset)  # one model; only the meta's layout changes per run
     for layout in get_args(ChoiceLayout):
         t0 = time.time()
+        student = Student(base.model, base.tok, base.meta.model_copy(update={"choice_layout": layout}))
         res = evaluate(f"untrained:{args.model}", split=args.split, limit=args.limit, decoding="choices",
-                       student=untrained(args.model, args.dataset, layout))
+                       student=student)
         out[layout] = {"accuracy": res["accuracy"], "n": res["n"], "seconds": round(time.time() - t0, 1)}
         print(f"{layout:>6}: {res['correct']}/{res['n']} = {100 * res['accuracy']:.1f}%", flush=True)
     if args.json:
