@@ -17,6 +17,7 @@ import sys
 import time
 from typing import get_args
 
+from sbs.datasets import get_dataset
 from sbs.datasets.base import ChoiceLayout
 from sbs.predict import Student
 from sbs.student.evaluate import evaluate, untrained
@@ -30,6 +31,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=int, default=200, help="the first N examples (default: 200)")
     p.add_argument("--json", default=None, help="also write the figures here")
     args = p.parse_args(argv)
+    try:
+        ds = get_dataset(args.dataset)
+    except KeyError as e:
+        p.error(f"--dataset: {e.args[0]}")
+    if not ds.lists_choices:
+        p.error(f"--dataset: {ds.name}'s student input lists no answer choices (only datasets with per-example "
+                "choices, e.g. cqa)")
     out = {}
     base = untrained(args.model, args.dataset)  # one model; only the meta's layout changes per run
     for layout in get_args(ChoiceLayout):

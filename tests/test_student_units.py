@@ -283,6 +283,20 @@ def test_an_untrained_student_is_scored_in_the_layout_it_is_given():
     assert seen["before"][0].startswith("Choices: ") and seen["before"][0].endswith(seen["none"][0])
 
 
+def test_choice_layouts_script_refuses_a_dataset_without_listed_choices(capsys):
+    """scripts/choice_layouts.py names --dataset before it loads a model."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("choice_layouts", ROOT / "scripts" / "choice_layouts.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    for name, why in (("svamp", "svamp's student input lists no answer choices"), ("nope", "unknown 'nope'")):
+        with pytest.raises(SystemExit):
+            mod.main(["--dataset", name])
+        err = capsys.readouterr().err
+        assert "--dataset: " in err and why in err, err
+
+
 def test_select_by_choices_scores_validation_by_ranking_the_choices():
     """train.select_by=choices: validation accuracy is that of choice scoring (the candidate the label
     task finds most likely), the same number `sbs eval --decoding choices` gives on those examples."""
