@@ -62,21 +62,35 @@ def _per_example(out: Path, cell: str, decoding: str) -> dict[str, bool] | None:
 def _paired(pa: list[dict[str, Any]], pb: list[dict[str, Any]], out_a: Path, out_b: Path, decoding: str,
             key: str, rng_key: str, n_boot: int) -> dict[str, Any] | None:
     """Cells `pa` minus cells `pb`, paired by position (one seed each): the mean difference with a
-    95% t interval over the pairs, and a paired bootstrap over the test examples both scored."""
+    95% t interval over the pairs, and a paired bootstrap over the test examples both scored.
+
+    Where every cell has its per-example file, both figures are taken on the test examples all of
+    them scored (two sweeps may score different test sets, e.g. the first 200 and the whole split);
+    without those files, cells that scored different numbers of examples are not compared."""
     import random
 
     if any(c.get(key) is None for c in pa + pb):
         return None
-    diffs = [float(x[key]) - float(y[key]) for x, y in zip(pa, pb)]
+    ex_a = [_per_example(out_a, c["cell"], decoding) for c in pa]
+    ex_b = [_per_example(out_b, c["cell"], decoding) for c in pb]
+    ids: list[str] = []
+    if all(ex_a) and all(ex_b):
+        ids = sorted(set.intersection(*(set(e) for e in ex_a + ex_b)))
+    if ids:
+        def acc(e: dict[str, bool]) -> float:
+            return statistics.fmean(float(e[i]) for i in ids)
+
+        diffs = [acc(x) - acc(y) for x, y in zip(ex_a, ex_b)]
+    elif len({c.get("test_examples") for c in pa + pb}) > 1:
+        return None  # different test sets and nothing per example to pair them on
+    else:
+        diffs = [float(x[key]) - float(y[key]) for x, y in zip(pa, pb)]
     mean = statistics.fmean(diffs)
     half = (_T975.get(len(diffs) - 1, 1.96) * statistics.stdev(diffs) / math.sqrt(len(diffs))
             if len(diffs) > 1 else None)
     row = {"decoding": decoding, "seeds": len(pa), "mean_diff": round(mean, 4),
            "seed_ci95": None if half is None else [round(mean - half, 4), round(mean + half, 4)]}
-    ex_a = [_per_example(out_a, c["cell"], decoding) for c in pa]
-    ex_b = [_per_example(out_b, c["cell"], decoding) for c in pb]
-    if all(ex_a) and all(ex_b):
-        ids = sorted(set.intersection(*(set(e) for e in ex_a + ex_b)))
+    if ids:
         d = [statistics.fmean(float(e[i]) for e in ex_a) - statistics.fmean(float(e[i]) for e in ex_b)
              for i in ids]
         rng = random.Random(rng_key)
