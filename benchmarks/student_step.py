@@ -68,7 +68,7 @@ def make_cfg(args, method: str, batch: int, vocab: str = "full") -> StudentTrain
 
 
 def time_method(model, tok, kind: str, rows, method: str, args, loss_fn=compute_loss,
-                vocab: list[int] | None = None, profile: bool = False) -> dict[str, float]:
+                vocab: list[int] | None = None, profile: bool = False) -> dict[str, float | int]:
     """Seconds per optimizer step of the training loop's own step (sbs.student.loop.optimizer_step:
     AdamW, warm-up schedule, gradient clipping) on `rows`, plus the collation share of it. With
     `profile`, one more step runs under torch.profiler and its table of ops is printed."""
@@ -92,13 +92,24 @@ def time_method(model, tok, kind: str, rows, method: str, args, loss_fn=compute_
 
         with profiler(activities=[ProfilerActivity.CPU]) as prof:
             optimizer_step(cfg, model, model, opt, sched, iter([rows]), collate, torch.device("cpu"), loss_fn=loss_fn)
-        b = next(iter(collate(rows).values()))
-        real = int((b["segments"] >= 0).sum()) if "segments" in b else int(b["attention_mask"].sum())
+        b, n = next(iter(collate(rows).values())), batch_counts(collate(rows))
         print(f"{method} step under torch.profiler: rows padded to {b['input_ids'].shape[1]} positions, "
-              f"{b['input_ids'].numel()} in all, {real} of them tokens\n"
+              f"{n['positions']} in all, {n['tokens']} of them tokens\n"
               + prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
     step, col = statistics.median(step_s), statistics.median(collate_s)
-    return {"step_s": step, "collate_s": col, "collate_share": col / step}
+    return {"step_s": step, "collate_s": col, "collate_share": col / step, **batch_counts(collate(rows))}
+
+
+def batch_counts(batches: dict[str, dict[str, torch.Tensor]]) -> dict[str, int]:
+    """What a step runs over, summed over its passes (multitask on a causal student: one): positions
+    (padded), tokens (real) and target tokens (where a loss is taken); a seq2seq batch counts its
+    encoder input."""
+    n = {"positions": 0, "tokens": 0, "targets": 0}
+    for b in batches.values():
+        n["positions"] += b["input_ids"].numel()
+        n["tokens"] += int((b["segments"] >= 0).sum()) if "segments" in b else int(b["attention_mask"].sum())
+        n["targets"] += int((b["labels"] != -100).sum())
+    return n
 
 
 def main() -> None:
@@ -142,7 +153,7 @@ def main() -> None:
         for m in ("standard", "multitask"):  # each method's own training rows (standard's hold no rationale)
             vocabs[m] = task_vocab(make_cfg(args, m, args.batch, "task"),
                                    [dict(r, rationale=r["rationale"] if m == "multitask" else "") for r in every])
-    res: dict[str, dict[str, float]] = {}
+    res: dict[str, dict[str, float | int]] = {}
     for v in kinds:
         for m in ("standard", "multitask"):
             res[m + ("_task_vocab" if v == "task" else "")] = time_method(
@@ -163,6 +174,10 @@ def main() -> None:
     for suffix in [s for s in ("", "_task_vocab") if "standard" + s in res]:
         std = res["standard" + suffix]["step_s"]
         out[f"ratio_multitask_over_standard{suffix}"] = round(res["multitask" + suffix]["step_s"] / std, 3)
+        # causal students: the floor of that ratio for the body's linear layers, the tokens each step
+        # runs them over (a seq2seq batch counts its encoder input only)
+        out[f"tokens_multitask_over_standard{suffix}"] = round(
+            res["multitask" + suffix]["tokens"] / res["standard" + suffix]["tokens"], 3)
         if "standard_hf_loss" in res:
             out[f"ratio_hf_loss_over_sbs{suffix}"] = round(res["standard_hf_loss"]["step_s"] / std, 3)
         if "standard_padded" + suffix in res:
@@ -173,7 +188,7 @@ def main() -> None:
         print(f"{m:26s}: {r['step_s']:.3f} s/step, collation {r['collate_s'] * 1000:.1f} ms "
               f"({100 * r['collate_share']:.1f}% of the step)")
     for k, v in out.items():
-        if k.startswith("ratio_"):
+        if k.startswith(("ratio_", "tokens_")):
             print(f"{k}: {v:.2f}x")
     print(json.dumps(out))
     if args.json:

@@ -93,9 +93,10 @@ def test_two_sweeps_pair_cell_by_cell_and_the_report_names_a_missing_baseline(tm
 
 
 def test_two_sweeps_on_different_test_sets_pair_on_the_examples_both_scored(tmp_path):
-    """Sweep A scored six test examples (a-f), sweep B the first four: A gets a, b, e right and B gets
-    a. On A's whole set A is at 50%, on a-d also 50%, B 25%: the difference is taken on a-d alone (+25,
-    not A's headline minus B's). Without per-example files, cells with different test sets pair not."""
+    """Sweep A scored six test examples (a-f), sweep B the first four: A gets a, b, e, f right and B
+    gets a. A is at 67% on its six and at 50% on a-d, B at 25%: the difference is taken on a-d alone
+    (+25, not +42). Test sets with no example in common, or different test sets without per-example
+    files, are not paired."""
     def cell(out: Path, acc: float, n: int, right: str, ids: str | None) -> None:
         r = _row("standard", 1.0, 0, acc, ds="cqa")
         r["test_examples"] = n
@@ -106,10 +107,13 @@ def test_two_sweeps_on_different_test_sets_pair_on_the_examples_both_scored(tmp_
                 json.dumps({"generate": {i: i in right for i in ids}}))
 
     a, b = tmp_path / "full", tmp_path / "first4"
-    cell(a, 3 / 6 + 0.1, 6, "abe", "abcdef")  # headline off on purpose: only the per-example files count
+    cell(a, 4 / 6, 6, "abef", "abcdef")
     cell(b, 1 / 4, 4, "a", "abcd")
     (row,) = results.compare_sweeps(a, b, n_boot=200)
     assert (row["mean_diff"], row["examples"]) == (0.25, 4)
+    e = tmp_path / "others"
+    cell(e, 1 / 4, 4, "w", "wxyz")
+    assert results.compare_sweeps(a, e, n_boot=200) == []
     c, d = tmp_path / "c", tmp_path / "d"
     cell(c, 0.5, 6, "", None)
     cell(d, 0.25, 4, "", None)

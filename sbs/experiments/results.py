@@ -66,7 +66,8 @@ def _paired(pa: list[dict[str, Any]], pb: list[dict[str, Any]], out_a: Path, out
 
     Where every cell has its per-example file, both figures are taken on the test examples all of
     them scored (two sweeps may score different test sets, e.g. the first 200 and the whole split);
-    without those files, cells that scored different numbers of examples are not compared."""
+    without those files, cells that scored different numbers of examples are not compared, and the
+    difference is the headline accuracies' (the row then has no "examples")."""
     import random
 
     if any(c.get(key) is None for c in pa + pb):
@@ -76,6 +77,8 @@ def _paired(pa: list[dict[str, Any]], pb: list[dict[str, Any]], out_a: Path, out
     ids: list[str] = []
     if all(ex_a) and all(ex_b):
         ids = sorted(set.intersection(*(set(e) for e in ex_a + ex_b)))
+        if not ids:
+            return None  # every cell says what it scored, and no test example is common to all
     if ids:
         def acc(e: dict[str, bool]) -> float:
             return statistics.fmean(float(e[i]) for i in ids)
@@ -143,6 +146,7 @@ def paired_markdown(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return ""
     lines = ["### paired comparisons (test accuracy, percentage points)", "",
+             "Each difference is taken on the test examples every paired cell scored (the examples column).", "",
              "| dataset | fraction | comparison | decoding | seeds | mean diff | 95% CI over seeds | "
              "examples | 95% CI, paired bootstrap | P(diff <= 0) |", "|---|---|---|---|---|---|---|---|---|---|"]
 
