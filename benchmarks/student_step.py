@@ -132,8 +132,9 @@ def main() -> None:
     p.add_argument("--skip-hf-loss", action="store_true", help="causal students: do not time HF's default loss")
     p.add_argument("--quick", action="store_true", help="tiny-gemma3, batch 8, 3 steps: checks the script, "
                    "not the machine")
-    p.add_argument("--profile", action="store_true", help="also print torch.profiler's table of ops for one sbs "
-                   "standard step (the last vocabulary timed)")
+    p.add_argument("--profile", nargs="?", const="standard", choices=["standard", "multitask"],
+                   help="also print torch.profiler's table of ops for one sbs step of this method (default "
+                   "standard; the last vocabulary timed)")
     p.add_argument("--json", help="also write the figures here")
     args = p.parse_args()
     if args.quick:
@@ -158,7 +159,7 @@ def main() -> None:
         for m in ("standard", "multitask"):
             res[m + ("_task_vocab" if v == "task" else "")] = time_method(
                 model, tok, kind, rows, m, args, vocab=vocabs.get(m) if v == "task" else None,
-                profile=args.profile and m == "standard" and v == kinds[-1])
+                profile=args.profile == m and v == kinds[-1])
     if kind == "causal":  # the last vocabulary's standard step with the padding run through every layer,
         v = kinds[-1]     # and with the eager kernels
         for ref, ctx in (("padded", padded), ("eager", eager)):
