@@ -92,8 +92,8 @@ def time_method(model, tok, kind: str, rows, method: str, args, loss_fn=compute_
 
         with profiler(activities=[ProfilerActivity.CPU]) as prof:
             optimizer_step(cfg, model, model, opt, sched, iter([rows]), collate, torch.device("cpu"), loss_fn=loss_fn)
-        b, n = next(iter(collate(rows).values())), batch_counts(collate(rows))
-        print(f"{method} step under torch.profiler: rows padded to {b['input_ids'].shape[1]} positions, "
+        n = batch_counts(collate(rows))
+        print(f"{method} step under torch.profiler: rows padded to {n['width']} positions, "
               f"{n['positions']} in all, {n['tokens']} of them tokens\n"
               + prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
     step, col = statistics.median(step_s), statistics.median(collate_s)
@@ -102,11 +102,12 @@ def time_method(model, tok, kind: str, rows, method: str, args, loss_fn=compute_
 
 def batch_counts(batches: dict[str, dict[str, torch.Tensor]]) -> dict[str, int]:
     """What a step runs over, summed over its passes (multitask on a causal student: one): positions
-    (padded), tokens (real) and target tokens (where a loss is taken); a seq2seq batch counts its
-    encoder input."""
-    n = {"positions": 0, "tokens": 0, "targets": 0}
+    (padded), tokens (real) and target tokens (where a loss is taken), and the widest row's length;
+    a seq2seq batch counts its encoder input."""
+    n = {"positions": 0, "tokens": 0, "targets": 0, "width": 0}
     for b in batches.values():
         n["positions"] += b["input_ids"].numel()
+        n["width"] = max(n["width"], b["input_ids"].shape[1])
         n["tokens"] += int((b["segments"] >= 0).sum()) if "segments" in b else int(b["attention_mask"].sum())
         n["targets"] += int((b["labels"] != -100).sum())
     return n

@@ -74,18 +74,14 @@ def _paired(pa: list[dict[str, Any]], pb: list[dict[str, Any]], out_a: Path, out
         return None
     ex_a = [_per_example(out_a, c["cell"], decoding) for c in pa]
     ex_b = [_per_example(out_b, c["cell"], decoding) for c in pb]
-    ids: list[str] = []
-    if all(ex_a) and all(ex_b):
-        ids = sorted(set.intersection(*(set(e) for e in ex_a + ex_b)))
-        if not ids:
-            return None  # every cell says what it scored, and no test example is common to all
-    if ids:
-        def acc(e: dict[str, bool]) -> float:
-            return statistics.fmean(float(e[i]) for i in ids)
-
-        diffs = [acc(x) - acc(y) for x, y in zip(ex_a, ex_b)]
-    elif len({c.get("test_examples") for c in pa + pb}) > 1:
+    per_example = all(ex_a) and all(ex_b)
+    ids = sorted(set.intersection(*(set(e) for e in ex_a + ex_b))) if per_example else []
+    if per_example and not ids:
+        return None  # no test example is common to all the cells
+    if not per_example and len({c.get("test_examples") for c in pa + pb}) > 1:
         return None  # different test sets and nothing per example to pair them on
+    if per_example:
+        diffs = [statistics.fmean(float(x[i]) - float(y[i]) for i in ids) for x, y in zip(ex_a, ex_b)]
     else:
         diffs = [float(x[key]) - float(y[key]) for x, y in zip(pa, pb)]
     mean = statistics.fmean(diffs)
@@ -93,7 +89,7 @@ def _paired(pa: list[dict[str, Any]], pb: list[dict[str, Any]], out_a: Path, out
             if len(diffs) > 1 else None)
     row = {"decoding": decoding, "seeds": len(pa), "mean_diff": round(mean, 4),
            "seed_ci95": None if half is None else [round(mean - half, 4), round(mean + half, 4)]}
-    if ids:
+    if per_example:
         d = [statistics.fmean(float(e[i]) for e in ex_a) - statistics.fmean(float(e[i]) for e in ex_b)
              for i in ids]
         rng = random.Random(rng_key)
