@@ -53,6 +53,7 @@ def test_paired_comparisons_over_seeds_and_test_examples(tmp_path):
             (d / results.PER_EXAMPLE).write_text(json.dumps(
                 {"generate": {i: i in right for i in "abcd"}, "choices": {i: i in choice_right for i in "abcd"}}))
     rows.append(_row("distill", 1.0, 0, 0.1, ds="cqa"))  # one seed, no per-example file: seed stats only
+    rows.append(_row("single_task", 1.0, 1, 0.75, ds="cqa"))  # seed 1 only: paired with multitask's seed 1
     pairs = {(p["b"], p["decoding"]): p for p in results.paired_comparisons(tmp_path, rows, n_boot=500)}
     gen = pairs[("standard", "generate")]
     assert (gen["seeds"], gen["mean_diff"], gen["seed_ci95"]) == (3, 0.25, [0.25, 0.25])  # no spread over seeds
@@ -61,6 +62,8 @@ def test_paired_comparisons_over_seeds_and_test_examples(tmp_path):
     d = pairs[("distill", "generate")]
     assert d["seeds"] == 1 and d["seed_ci95"] is None and d["mean_diff"] == pytest.approx(0.4)
     assert ("distill", "choices") not in pairs  # the distill cell has no choice accuracy
+    s = pairs[("single_task", "generate")]
+    assert s["seeds"] == 1 and s["mean_diff"] == pytest.approx(-0.25) and "examples" not in s  # 0.5 - 0.75
     md = results.paired_markdown(list(pairs.values()))
     assert "| cqa | 1 | multitask - standard | generate | 3 | +25.0 | [+25.0, +25.0] | 4 |" in md
 

@@ -19,7 +19,9 @@ CELL_COLUMNS = ["dataset", "method", "fraction", "seed", "test_accuracy", "test_
                 "train_seconds", "resumed_from_step", "cell"]
 METHOD_ORDER = ["standard", "distill", "single_task", "multitask"]
 PER_EXAMPLE = "per_example.json"  # cells/<cell>/: {decoding: {example id: correct}}
-PAIRS = (("multitask", "standard"), ("multitask", "distill"))
+# the paper's comparisons: multitask against each baseline (standard finetuning, distillation, and
+# single-task, its ablation of the rationale as a second task)
+PAIRS = (("multitask", "standard"), ("multitask", "distill"), ("multitask", "single_task"))
 # two-sided 95% Student t quantiles by degrees of freedom (seeds - 1)
 _T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
 
@@ -104,7 +106,7 @@ DECODING_KEYS = (("generate", "test_accuracy"), ("choices", "test_choice_accurac
 
 
 def paired_comparisons(out: Path, cells: list[dict[str, Any]], n_boot: int = 2000) -> list[dict[str, Any]]:
-    """Multitask against standard and against distill, per dataset and fraction, on the seeds both ran:
+    """Multitask against each baseline (`PAIRS`), per dataset and fraction, on the seeds both ran:
     the mean test-accuracy difference with a 95% t interval over seeds, and a paired bootstrap over
     test examples (each example's correctness averaged over seeds; examples resampled, seeded)."""
     by = {(c["dataset"], c["method"], float(c["fraction"]), c["seed"]): c for c in cells}
