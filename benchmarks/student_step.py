@@ -7,12 +7,16 @@
 One process, no Ray: a training worker's own step (sbs.student.loop.optimizer_step: Collator,
 loss, AdamW, warm-up schedule and gradient clipping),
 on real rows with the recorded PaLM rationales. Prints seconds per step (median of --steps after
---warmup), the collation share of a step, and these ratios: multitask / standard (sbs runs the
+--warmup, the variants taken round by round: each round steps every variant once, so a machine
+that drifts during the run moves them alike), the collation share of a step, and these ratios:
+multitask / standard (sbs runs the
 causal multi-task step as one pass over the shared input; the paper's two-pass step costs one
 extra forward+backward); for causal students, HF's default loss (`model(..., labels=)`: logits
 over the whole vocabulary at every position) / sbs's (logits at target positions only), same
 batch; and sbs's standard step with the padding run through every layer / the same step skipping
-it (`sbs.student.unpad`); and sbs's standard step with the modules' own eager kernels / the same
+it (`sbs.student.unpad`); sbs's standard step with the last layer run at every real position /
+the same step running its query, output projection and MLP at the LM head's positions only
+(`unpad.whole_last_layer()`); and sbs's standard step with the modules' own eager kernels / the same
 step with fused ones (`sbs.student.fused`; the first step, which compiles them, is a warm-up step).
 Causal students are timed with the whole vocabulary and with the task's
 (`model.output_vocab=task`, docs/student.md), unless --output-vocab picks one. Not a test.
@@ -20,6 +24,7 @@ Causal students are timed with the whole vocabulary and with the task's
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import tempfile
@@ -35,7 +40,7 @@ from sbs.student.losses import compute_loss
 from sbs.student.loop import make_meta, make_optimizer, optimizer_step
 from sbs.student.models import build_trainable
 from sbs.student.recorded import write_accepted
-from sbs.student.unpad import padded
+from sbs.student.unpad import padded, whole_last_layer
 
 
 def recorded_rows(dataset: str, n: int | None) -> list[dict[str, str]]:
@@ -67,37 +72,60 @@ def make_cfg(args, method: str, batch: int, vocab: str = "full") -> StudentTrain
         "train": {"engine": "ddp", "global_batch": batch, "micro_batch": batch, "lr": 1e-5, "warmup_steps": 1}})
 
 
-def time_method(model, tok, kind: str, rows, method: str, args, loss_fn=compute_loss,
-                vocab: list[int] | None = None, profile: bool = False) -> dict[str, float | int]:
-    """Seconds per optimizer step of the training loop's own step (sbs.student.loop.optimizer_step:
-    AdamW, warm-up schedule, gradient clipping) on `rows`, plus the collation share of it. With
-    `profile`, one more step runs under torch.profiler and its table of ops is printed."""
-    cfg = make_cfg(args, method, len(rows))
-    collate = Collator(tok, make_meta(cfg, kind, vocab))
-    opt, sched = make_optimizer(cfg, model)
-    model.train()
-    collate_s, step_s = [], []
-    for i in range(args.warmup + args.steps):
+class Variant:
+    """One way to take the training loop's own step (sbs.student.loop.optimizer_step: AdamW,
+    warm-up schedule, gradient clipping) on `rows`: a method, a vocabulary, a loss, a context."""
+
+    def __init__(self, model, tok, kind: str, rows, method: str, args, loss_fn=compute_loss,
+                 vocab: list[int] | None = None, ctx=contextlib.nullcontext):
+        self.model, self.rows, self.loss_fn, self.ctx, self.method = model, rows, loss_fn, ctx, method
+        self.cfg = make_cfg(args, method, len(rows))
+        self.collate = Collator(tok, make_meta(self.cfg, kind, vocab))
+        self.step_s: list[float] = []
+        self.collate_s: list[float] = []
+
+    def step(self, opt, sched, record: bool) -> None:
+        """One optimizer step (the variants share one optimizer: its state costs the same for each,
+        and full finetuning's AdamW state is 2 GB a copy), timed apart from collating the rows."""
+        self.model.train()
         t0 = time.perf_counter()
-        collate(rows)  # timed alone: the step below collates the same rows again
+        self.collate(self.rows)  # timed alone: the step below collates the same rows again
         t1 = time.perf_counter()
-        optimizer_step(cfg, model, model, opt, sched, iter([rows]), collate, torch.device("cpu"), loss_fn=loss_fn)
+        with self.ctx():
+            optimizer_step(self.cfg, self.model, self.model, opt, sched, iter([self.rows]), self.collate,
+                           torch.device("cpu"), loss_fn=self.loss_fn)
         t2 = time.perf_counter()
-        if i >= args.warmup:
-            collate_s.append(t1 - t0)
-            step_s.append(t2 - t1)
-    if profile:
+        if record:
+            self.collate_s.append(t1 - t0)
+            self.step_s.append(t2 - t1)
+
+    def result(self) -> dict[str, float | int]:
+        step, col = statistics.median(self.step_s), statistics.median(self.collate_s)
+        return {"step_s": step, "collate_s": col, "collate_share": col / step,
+                **batch_counts(self.collate(self.rows))}
+
+    def profile(self, opt, sched) -> None:
+        """One more step under torch.profiler; prints its table of ops."""
         from torch.profiler import ProfilerActivity
         from torch.profiler import profile as profiler
 
         with profiler(activities=[ProfilerActivity.CPU]) as prof:
-            optimizer_step(cfg, model, model, opt, sched, iter([rows]), collate, torch.device("cpu"), loss_fn=loss_fn)
-        n = batch_counts(collate(rows))
-        print(f"{method} step under torch.profiler: rows padded to {n['width']} positions, "
+            self.step(opt, sched, record=False)
+        n = batch_counts(self.collate(self.rows))
+        print(f"{self.method} step under torch.profiler: rows padded to {n['width']} positions, "
               f"{n['positions']} in all, {n['tokens']} of them tokens\n"
               + prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
-    step, col = statistics.median(step_s), statistics.median(collate_s)
-    return {"step_s": step, "collate_s": col, "collate_share": col / step, **batch_counts(collate(rows))}
+
+
+def time_interleaved(variants: dict[str, Variant], model, warmup: int, steps: int) -> dict[str, dict]:
+    """Seconds per step of every variant, median of `steps` after `warmup`, taken round by round
+    (each round steps every variant once), so that a machine that slows down or speeds up during
+    the run moves every variant alike and the ratios between them stay put."""
+    opt, sched = make_optimizer(next(iter(variants.values())).cfg, model)
+    for i in range(warmup + steps):
+        for v in variants.values():
+            v.step(opt, sched, record=i >= warmup)
+    return {name: v.result() for name, v in variants.items()}
 
 
 def batch_counts(batches: dict[str, dict[str, torch.Tensor]]) -> dict[str, int]:
@@ -155,20 +183,24 @@ def main() -> None:
         for m in ("standard", "multitask"):  # each method's own training rows (standard's hold no rationale)
             vocabs[m] = task_vocab(make_cfg(args, m, args.batch, "task"),
                                    [dict(r, rationale=r["rationale"] if m == "multitask" else "") for r in every])
-    res: dict[str, dict[str, float | int]] = {}
+    variants: dict[str, Variant] = {}
     for v in kinds:
         for m in ("standard", "multitask"):
-            res[m + ("_task_vocab" if v == "task" else "")] = time_method(
-                model, tok, kind, rows, m, args, vocab=vocabs.get(m) if v == "task" else None,
-                profile=args.profile == m and v == kinds[-1])
+            variants[m + ("_task_vocab" if v == "task" else "")] = Variant(
+                model, tok, kind, rows, m, args, vocab=vocabs.get(m) if v == "task" else None)
     if kind == "causal":  # the last vocabulary's standard step with the padding run through every layer,
-        v = kinds[-1]     # and with the eager kernels
-        for ref, ctx in (("padded", padded), ("eager", eager)):
-            with ctx():
-                res[f"standard_{ref}" + ("_task_vocab" if v == "task" else "")] = time_method(
-                    model, tok, kind, rows, "standard", args, vocab=vocabs.get("standard") if v == "task" else None)
+        v = kinds[-1]     # with the last layer run at every position, and with the eager kernels
+        for ref, ctx in (("padded", padded), ("whole_last_layer", whole_last_layer), ("eager", eager)):
+            variants[f"standard_{ref}" + ("_task_vocab" if v == "task" else "")] = Variant(
+                model, tok, kind, rows, "standard", args, vocab=vocabs.get("standard") if v == "task" else None,
+                ctx=ctx)
     if kind == "causal" and not args.skip_hf_loss:
-        res["standard_hf_loss"] = time_method(model, tok, kind, rows, "standard", args, hf_default_loss)
+        variants["standard_hf_loss"] = Variant(model, tok, kind, rows, "standard", args, hf_default_loss)
+    res = time_interleaved(variants, model, args.warmup, args.steps)
+    if args.profile:
+        name = args.profile + ("_task_vocab" if kinds[-1] == "task" else "")
+        opt, sched = make_optimizer(variants[name].cfg, model)
+        variants[name].profile(opt, sched)
     out = {"model": args.model, "dataset": args.dataset, "lora_r": args.lora_r, "lora_layers": args.lora_layers,
            "output_vocab": args.output_vocab, **{f"{m}_vocab_size": len(v) for m, v in vocabs.items()},
            "batch": args.batch, "threads": torch.get_num_threads(), "steps": args.steps,
@@ -184,6 +216,9 @@ def main() -> None:
             out[f"ratio_hf_loss_over_sbs{suffix}"] = round(res["standard_hf_loss"]["step_s"] / std, 3)
         if "standard_padded" + suffix in res:
             out[f"ratio_padded_over_unpadded{suffix}"] = round(res["standard_padded" + suffix]["step_s"] / std, 3)
+        if "standard_whole_last_layer" + suffix in res:
+            out[f"ratio_whole_last_layer_over_read_only{suffix}"] = round(
+                res["standard_whole_last_layer" + suffix]["step_s"] / std, 3)
         if "standard_eager" + suffix in res:
             out[f"ratio_eager_over_fused{suffix}"] = round(res["standard_eager" + suffix]["step_s"] / std, 3)
     for m, r in res.items():

@@ -34,10 +34,12 @@ def student(request):
     return model.eval(), tok
 
 
-def rows_seen(model, fn):
-    """Run fn(); return the (first two) input dims every hooked module was called with."""
+def rows_seen(model, fn, modules=None):
+    """Run fn(); return the (first two) input dims every hooked module (or each of `modules`) was
+    called with."""
     seen, handles = [], []
-    for m in unpad.positionwise_modules(model):  # a forward hook gets the input the module ran on
+    for m in modules if modules is not None else unpad.positionwise_modules(model):
+        # a forward hook gets the input the module ran on
         handles.append(m.register_forward_hook(lambda mod, args, out: seen.append(tuple(args[0].shape[:2]))))
     try:
         fn()
@@ -45,6 +47,25 @@ def rows_seen(model, fn):
         for h in handles:
             h.remove()
     return seen
+
+
+def split_last(model):
+    """(the last layer's read-only modules, every other hooked module)"""
+    last = unpad.last_layer_modules(model)
+    return last, [m for m in unpad.positionwise_modules(model) if all(m is not x for x in last)]
+
+
+def test_the_last_layer_restricts_its_query_output_projection_and_mlp_never_keys_or_values(student):
+    model, _ = student
+    last = unpad.last_layer_modules(model)
+    paths = {n for n, m in model.named_modules() if any(m is x for x in last)}
+    n_layers = model.config.num_hidden_layers
+    assert paths and all(f".{n_layers - 1}." in p for p in paths)  # the last layer's only
+    names = {p.rsplit(".", 1)[-1] for p in paths}
+    if model.config.model_type == "gpt2":
+        assert names == {"mlp"}  # c_attn computes keys and values too: left whole
+    else:
+        assert names == {"q_proj", "o_proj", "mlp"}
 
 
 def test_the_hooked_modules_are_the_mlps_and_linear_layers_outside_them_not_the_head(student):
@@ -75,18 +96,55 @@ def test_loss_and_gradients_equal_the_padded_pass_and_padding_is_skipped(student
         loss.backward()
         return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
+    read = torch.zeros_like(b["labels"], dtype=torch.bool)
+    read[:, :-1] = b["labels"][:, 1:] != -100  # the positions the LM head reads: before each target
+    last, rest = split_last(model)
     out: dict[str, tuple] = {}
-    seen = rows_seen(model, lambda: out.setdefault("unpadded", loss_and_grads()))
-    assert seen and set(seen) == {(1, int(real.sum()))}  # every hooked module ran on the real tokens only
+    seen = rows_seen(model, lambda: out.setdefault("unpadded", loss_and_grads()), rest)
+    assert seen and set(seen) == {(1, int(real.sum()))}  # every other hooked module ran on the real tokens only
+    seen = rows_seen(model, lambda: out.setdefault("read", loss_and_grads()), last)
+    assert seen and set(seen) == {(1, int(read.sum()))} and read.sum() < real.sum()  # the last layer's: read ones
+    with unpad.whole_last_layer():
+        seen = rows_seen(model, lambda: out.setdefault("whole", loss_and_grads()))
+    assert set(seen) == {(1, int(real.sum()))}
     with unpad.padded():
         seen = rows_seen(model, lambda: out.setdefault("padded", loss_and_grads()))
     assert set(seen) == {tuple(real.shape)}
-    (loss, grads), (want, want_grads) = out["unpadded"], out["padded"]
-    torch.testing.assert_close(loss, want, rtol=1e-5, atol=1e-6)
-    assert grads.keys() == want_grads.keys() and grads
-    for n in grads:
-        torch.testing.assert_close(grads[n], want_grads[n], rtol=1e-4, atol=1e-6, msg=n)
+    want, want_grads = out["padded"]
+    for kind in ("unpadded", "read", "whole"):
+        loss, grads = out[kind]
+        torch.testing.assert_close(loss, want, rtol=1e-5, atol=1e-6)
+        assert grads.keys() == want_grads.keys() and grads
+        for n in grads:
+            torch.testing.assert_close(grads[n], want_grads[n], rtol=1e-4, atol=1e-6, msg=f"{kind}: {n}")
     model.zero_grad()
+
+
+def test_without_padding_the_last_layer_still_runs_on_the_read_positions_only(student):
+    model, tok = student
+    rows = [dict(ROWS[0]), dict(ROWS[0], id="c")]  # equal lengths: no padding at all
+    batch = Collator(tok, meta("standard"))(rows)
+    b = batch["label"]
+    assert bool((b["segments"] != PAD_SEGMENT).all())
+    n_read = int((b["labels"] != -100).sum())
+    last, rest = split_last(model)
+    with torch.no_grad():
+        seen_last = rows_seen(model, lambda: compute_loss(model, batch, "standard"), last)
+        seen_rest = rows_seen(model, lambda: compute_loss(model, batch, "standard"), rest)
+        with unpad.padded():
+            want = compute_loss(model, batch, "standard")[0]
+        got = compute_loss(model, batch, "standard")[0]
+    assert set(seen_last) == {(1, n_read)}
+    assert set(seen_rest) == {tuple(b["input_ids"].shape)}  # nothing to gather: run as they are
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_a_read_position_must_be_a_real_one(student):
+    model, _ = student
+    real = torch.tensor([[True, True, False]])
+    with pytest.raises(ValueError, match="read position is a padding position"):
+        with unpad.unpadded(model, real, read=torch.tensor([[False, False, True]])):
+            pass
 
 
 def test_only_the_thread_that_entered_skips_padding(student):

@@ -14,7 +14,8 @@ docs/student.md says why. With one branch the plain 2-D mask is used (no 4-D mas
 The LM head runs only at the positions whose next token is a target (`logits_to_keep` as a
 boolean mask): for Gemma 3 (262k vocabulary) that is most of a training step's cost otherwise.
 With a task output vocabulary (`sbs.student.vocab`) it also computes only that vocabulary's rows.
-The decoder's linear layers and MLPs skip the padding positions (`sbs.student.unpad`), always,
+The decoder's linear layers and MLPs skip the padding positions, and the last layer's query,
+output projection and MLP run at the kept positions only (`sbs.student.unpad`), always,
 and where training records gradients, Gemma's norms and MLP activation run as fused kernels
 (`sbs.student.fused`, unless `model.fused_kernels=false`). All are exact: tests/test_causal.py
 (tests/test_output_vocab.py for the vocabulary, tests/test_unpad.py for the padding,
@@ -144,7 +145,7 @@ def token_logprobs(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Te
     else:  # one branch: an ordinary right-padded row, the default 2-D mask and positions
         kw["attention_mask"] = (segs != PAD_SEGMENT).long()
     vocab = batch.get("vocab")
-    with restricted_head(model, vocab), unpadded(model, segs != PAD_SEGMENT), fused():
+    with restricted_head(model, vocab), unpadded(model, segs != PAD_SEGMENT, keep), fused():
         logits = model(**kw).logits.float()  # (N, V or len(vocab)): one row per kept position
     targets = labels[:, 1:][keep[:, :-1]]
     logp = target_logprobs(logits, targets, vocab)

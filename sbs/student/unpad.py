@@ -12,6 +12,17 @@ right-padded, so a causal query never reaches a later padding key, and the mask 
 mask or `causal.block_mask`) excludes padding keys anyway; no loss or score is taken there.
 tests/test_unpad.py compares losses and gradients with padded passes.
 
+The last decoder layer goes further when the caller says which positions are read (`read`: the
+positions whose output reaches the LM head, a subset of the real ones). Nothing but the head reads
+that layer's output, so at any other position only its keys and values matter (earlier positions
+are keys for the read ones). Its query projection, attention output projection and MLP
+(`last_layer_modules`: `q_proj`, `o_proj`, `mlp` by name; key and value projections never) then run
+on the read positions alone; the attention runs with zero queries elsewhere, and whatever the
+residual stream holds there is never read. For a standard CQA batch that is 42 of 916 positions:
+the last layer costs about a tenth of what it did (docs/student.md, measured). Exact in the same
+sense; an architecture whose projections are named otherwise (GPT-2's fused `c_attn`, `c_proj`)
+restricts its `mlp` alone.
+
 The modules hooked are the top-most position-wise ones of the model body: every `mlp`, and every
 linear layer outside one (attention projections, with their LoRA adapters where peft wrapped
 them), never the LM head (`logits_to_keep` already limits it). A module that returns a tuple (a
@@ -68,29 +79,58 @@ def positionwise_modules(model: Any) -> list[torch.nn.Module]:
     return found
 
 
+# the last layer's modules that act on a position's own output only (never its key or value)
+LAST_LAYER_NAMES = ("q_proj", "o_proj", "mlp")
+
+
+def last_layer_modules(model: Any) -> list[torch.nn.Module]:
+    """The hooked modules of the last decoder layer that only the read positions need (see the
+    module docstring), or none where the decoder's layer list is not found."""
+    body = unwrap(model)
+    cfg = getattr(body, "config", None)
+    cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    n = getattr(cfg, "num_hidden_layers", None)
+    stacks = [m for m in body.modules() if isinstance(m, torch.nn.ModuleList) and len(m) == n]
+    if not n or not stacks:
+        return []
+    hooked = {id(m) for m in positionwise_modules(body)}
+    return [m for name, m in stacks[-1][-1].named_modules()
+            if id(m) in hooked and name.rsplit(".", 1)[-1] in LAST_LAYER_NAMES]
+
+
+def _rows(module: torch.nn.Module, state: dict[str, Any]) -> torch.Tensor | None:
+    if getattr(module, "_sbs_unpad_last", False) and state["read"] is not None:
+        return state["read"]
+    return state["index"]
+
+
 def _gather(module: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
     state = getattr(_ACTIVE, "state", None)
     x = args[0] if args else None
     use = (state is not None and isinstance(x, torch.Tensor) and x.dim() >= 2
            and tuple(x.shape[:2]) == state["shape"])
+    index = _rows(module, state) if use else None
     if state is not None:
-        state["stack"].append(use)
-    if not use:
+        state["stack"].append(index)
+    if index is None:
         return None
-    rows = x.reshape(-1, *x.shape[2:]).index_select(0, state["index"])
+    rows = x.reshape(-1, *x.shape[2:]).index_select(0, index)
     return (rows.unsqueeze(0), *args[1:])
 
 
 def _scatter(module: torch.nn.Module, args: tuple[Any, ...], out: Any) -> Any:
     state = getattr(_ACTIVE, "state", None)
-    if state is None or not state["stack"] or not state["stack"].pop():
+    if state is None or not state["stack"]:
+        return None
+    index = state["stack"].pop()
+    if index is None:
         return None
     B, T = state["shape"]
     rest = None
     if isinstance(out, tuple):  # e.g. a mixture-of-experts MLP: (hidden states, router logits of the real tokens)
         out, rest = out[0], out[1:]
-    y = out[0]  # (N, ...): this module's output at the real positions
-    full = y.new_zeros(B * T, *y.shape[1:]).index_copy(0, state["index"], y).view(B, T, *y.shape[1:])
+    y = out[0]  # (N, ...): this module's output at the positions it ran on
+    full = y.new_zeros(B * T, *y.shape[1:]).index_copy(0, index, y).view(B, T, *y.shape[1:])
     return full if rest is None else (full, *rest)
 
 
@@ -101,20 +141,33 @@ def _install(body: torch.nn.Module) -> None:
         for m in positionwise_modules(body):
             m.register_forward_pre_hook(_gather)
             m.register_forward_hook(_scatter)
+        for m in last_layer_modules(body):
+            m._sbs_unpad_last = True
         body._sbs_unpad_hooked = True
 
 
 @contextmanager
-def unpadded(model: Any, real: torch.Tensor) -> Iterator[None]:
+def unpadded(model: Any, real: torch.Tensor, read: torch.Tensor | None = None) -> Iterator[None]:
     """Within the block, in this thread, the model's position-wise modules run on the positions where
-    `real` (B, T, bool) is true and only there. A batch with no padding runs as it is, and so does
-    every batch inside `padded()`."""
-    if getattr(_ACTIVE, "off", False) or bool(real.all()):
+    `real` (B, T, bool) is true and only there, and the last layer's `last_layer_modules` on those
+    where `read` (B, T, bool, within `real`) is. A batch with no padding and no `read` runs as it
+    is; inside `padded()` everything does, and inside `whole_last_layer()` `read` is ignored."""
+    off = getattr(_ACTIVE, "off", set())
+    if "padding" in off:
+        yield
+        return
+    if "last_layer" in off:
+        read = None
+    if read is not None and bool((read & ~real).any()):
+        raise ValueError("unpadded: a read position is a padding position")
+    if read is None and bool(real.all()):
         yield
         return
     _install(unwrap(model))
     prev = getattr(_ACTIVE, "state", None)
-    _ACTIVE.state = {"shape": tuple(real.shape), "index": real.reshape(-1).nonzero().squeeze(1), "stack": []}
+    _ACTIVE.state = {"shape": tuple(real.shape),  # index None: no padding, the modules run as they are
+                     "index": None if bool(real.all()) else real.reshape(-1).nonzero().squeeze(1),
+                     "read": None if read is None else read.reshape(-1).nonzero().squeeze(1), "stack": []}
     try:
         yield
     finally:
@@ -122,12 +175,22 @@ def unpadded(model: Any, real: torch.Tensor) -> Iterator[None]:
 
 
 @contextmanager
-def padded() -> Iterator[None]:
-    """Within the block, in this thread, `unpadded` runs everything padded: the reference that
-    tests and benchmarks/student_step.py compare with."""
-    prev = getattr(_ACTIVE, "off", False)
-    _ACTIVE.off = True
+def _switched_off(*what: str) -> Iterator[None]:
+    prev = getattr(_ACTIVE, "off", set())
+    _ACTIVE.off = prev | set(what)
     try:
         yield
     finally:
         _ACTIVE.off = prev
+
+
+def padded() -> Any:
+    """Within the block, in this thread, `unpadded` runs everything at every position: the
+    reference that tests and benchmarks/student_step.py compare with."""
+    return _switched_off("padding", "last_layer")
+
+
+def whole_last_layer() -> Any:
+    """Within the block, in this thread, `unpadded` skips the padding but runs the last layer at
+    every real position (benchmarks/student_step.py's reference for the read positions' saving)."""
+    return _switched_off("last_layer")
