@@ -13,8 +13,8 @@ multitask / standard (sbs runs the
 causal multi-task step as one pass over the shared input; the paper's two-pass step costs one
 extra forward+backward); for causal students, HF's default loss (`model(..., labels=)`: logits
 over the whole vocabulary at every position) / sbs's (logits at target positions only), same
-batch; and sbs's standard step with the padding run through every layer / the same step skipping
-it (`sbs.student.unpad`); sbs's standard step with the last layer run at every real position /
+batch; sbs's standard step with the padding run through every layer / the same step skipping it,
+the last layer run whole in both (`sbs.student.unpad`); sbs's standard step with the last layer run at every real position /
 the same step running its query, output projection and MLP at the LM head's positions only
 (`unpad.whole_last_layer()`); and sbs's standard step with the modules' own eager kernels / the same
 step with fused ones (`sbs.student.fused`; the first step, which compiles them, is a warm-up step).
@@ -84,16 +84,20 @@ class Variant:
         self.step_s: list[float] = []
         self.collate_s: list[float] = []
 
-    def step(self, opt, sched, record: bool) -> None:
+    def run(self, opt, sched) -> None:
         """One optimizer step (the variants share one optimizer: its state costs the same for each,
-        and full finetuning's AdamW state is 2 GB a copy), timed apart from collating the rows."""
+        and full finetuning's AdamW state is 2 GB a copy)."""
         self.model.train()
-        t0 = time.perf_counter()
-        self.collate(self.rows)  # timed alone: the step below collates the same rows again
-        t1 = time.perf_counter()
         with self.ctx():
             optimizer_step(self.cfg, self.model, self.model, opt, sched, iter([self.rows]), self.collate,
                            torch.device("cpu"), loss_fn=self.loss_fn)
+
+    def step(self, opt, sched, record: bool) -> None:
+        """`run`, timed apart from collating the rows."""
+        t0 = time.perf_counter()
+        self.collate(self.rows)  # timed alone: the step collates the same rows again
+        t1 = time.perf_counter()
+        self.run(opt, sched)
         t2 = time.perf_counter()
         if record:
             self.collate_s.append(t1 - t0)
@@ -110,18 +114,17 @@ class Variant:
         from torch.profiler import profile as profiler
 
         with profiler(activities=[ProfilerActivity.CPU]) as prof:
-            self.step(opt, sched, record=False)
+            self.run(opt, sched)
         n = batch_counts(self.collate(self.rows))
         print(f"{self.method} step under torch.profiler: rows padded to {n['width']} positions, "
               f"{n['positions']} in all, {n['tokens']} of them tokens\n"
               + prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
 
 
-def time_interleaved(variants: dict[str, Variant], model, warmup: int, steps: int) -> dict[str, dict]:
+def time_interleaved(variants: dict[str, Variant], opt, sched, warmup: int, steps: int) -> dict[str, dict]:
     """Seconds per step of every variant, median of `steps` after `warmup`, taken round by round
     (each round steps every variant once), so that a machine that slows down or speeds up during
     the run moves every variant alike and the ratios between them stay put."""
-    opt, sched = make_optimizer(next(iter(variants.values())).cfg, model)
     for i in range(warmup + steps):
         for v in variants.values():
             v.step(opt, sched, record=i >= warmup)
@@ -196,11 +199,10 @@ def main() -> None:
                 ctx=ctx)
     if kind == "causal" and not args.skip_hf_loss:
         variants["standard_hf_loss"] = Variant(model, tok, kind, rows, "standard", args, hf_default_loss)
-    res = time_interleaved(variants, model, args.warmup, args.steps)
-    if args.profile:
-        name = args.profile + ("_task_vocab" if kinds[-1] == "task" else "")
-        opt, sched = make_optimizer(variants[name].cfg, model)
-        variants[name].profile(opt, sched)
+    opt, sched = make_optimizer(next(iter(variants.values())).cfg, model)
+    res = time_interleaved(variants, opt, sched, args.warmup, args.steps)
+    if args.profile:  # one more step of that variant, with the optimizer the timed steps warmed up
+        variants[args.profile + ("_task_vocab" if kinds[-1] == "task" else "")].profile(opt, sched)
     out = {"model": args.model, "dataset": args.dataset, "lora_r": args.lora_r, "lora_layers": args.lora_layers,
            "output_vocab": args.output_vocab, **{f"{m}_vocab_size": len(v) for m, v in vocabs.items()},
            "batch": args.batch, "threads": torch.get_num_threads(), "steps": args.steps,
@@ -214,11 +216,11 @@ def main() -> None:
             res["multitask" + suffix]["tokens"] / res["standard" + suffix]["tokens"], 3)
         if "standard_hf_loss" in res:
             out[f"ratio_hf_loss_over_sbs{suffix}"] = round(res["standard_hf_loss"]["step_s"] / std, 3)
-        if "standard_padded" + suffix in res:
-            out[f"ratio_padded_over_unpadded{suffix}"] = round(res["standard_padded" + suffix]["step_s"] / std, 3)
-        if "standard_whole_last_layer" + suffix in res:
-            out[f"ratio_whole_last_layer_over_read_only{suffix}"] = round(
-                res["standard_whole_last_layer" + suffix]["step_s"] / std, 3)
+        if "standard_whole_last_layer" + suffix in res:  # each saving apart: padding, then the last layer
+            whole = res["standard_whole_last_layer" + suffix]["step_s"]
+            out[f"ratio_whole_last_layer_over_read_only{suffix}"] = round(whole / std, 3)
+            if "standard_padded" + suffix in res:
+                out[f"ratio_padded_over_unpadded{suffix}"] = round(res["standard_padded" + suffix]["step_s"] / whole, 3)
         if "standard_eager" + suffix in res:
             out[f"ratio_eager_over_fused{suffix}"] = round(res["standard_eager" + suffix]["step_s"] / std, 3)
     for m, r in res.items():

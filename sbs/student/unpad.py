@@ -27,7 +27,8 @@ The modules hooked are the top-most position-wise ones of the model body: every 
 linear layer outside one (attention projections, with their LoRA adapters where peft wrapped
 them), never the LM head (`logits_to_keep` already limits it). A module that returns a tuple (a
 mixture-of-experts MLP: hidden states, router logits) gets its first element scattered back and
-the rest returned as computed on the real tokens. The hooks are installed once per
+the rest returned as computed on the rows it ran on (the real tokens; the read ones in the last
+layer: sbs takes no router loss). The hooks are installed once per
 model and act only in the thread that entered `unpadded` (a Serve replica may generate in another
 thread with the same model), as `sbs.student.vocab.restricted_head` does. They act during the
 forward pass only: a model that recomputes layers in backward (gradient checkpointing, which sbs
@@ -85,17 +86,25 @@ LAST_LAYER_NAMES = ("q_proj", "o_proj", "mlp")
 
 def last_layer_modules(model: Any) -> list[torch.nn.Module]:
     """The hooked modules of the last decoder layer that only the read positions need (see the
-    module docstring), or none where the decoder's layer list is not found."""
+    module docstring). The last layer is the one holding the body's last `mlp`, and it must be the
+    last entry of a layer list as long as the (text) config's `num_hidden_layers`; where it is not
+    found so, none (the model runs as before)."""
     body = unwrap(model)
     cfg = getattr(body, "config", None)
     cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
     n = getattr(cfg, "num_hidden_layers", None)
-    stacks = [m for m in body.modules() if isinstance(m, torch.nn.ModuleList) and len(m) == n]
-    if not n or not stacks:
+    hooked = positionwise_modules(body)
+    names = {id(m): name for name, m in body.named_modules()}
+    mlps = [names[id(m)] for m in hooked if names[id(m)].rsplit(".", 1)[-1] == "mlp"]
+    if not n or not mlps or mlps[-1].count(".") < 2:
         return []
-    hooked = {id(m) for m in positionwise_modules(body)}
-    return [m for name, m in stacks[-1][-1].named_modules()
-            if id(m) in hooked and name.rsplit(".", 1)[-1] in LAST_LAYER_NAMES]
+    layers_path, index, _ = mlps[-1].rsplit(".", 2)  # e.g. model.layers / 17 / mlp
+    layers = body.get_submodule(layers_path)
+    if not (isinstance(layers, torch.nn.ModuleList) and len(layers) == n and index == str(n - 1)):
+        return []
+    ids = {id(m) for m in hooked}
+    return [m for name, m in layers[n - 1].named_modules()
+            if id(m) in ids and name.rsplit(".", 1)[-1] in LAST_LAYER_NAMES]
 
 
 def _rows(module: torch.nn.Module, state: dict[str, Any]) -> torch.Tensor | None:
