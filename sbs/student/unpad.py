@@ -169,13 +169,14 @@ def unpadded(model: Any, real: torch.Tensor, read: torch.Tensor | None = None) -
         read = None
     if read is not None and bool((read & ~real).any()):
         raise ValueError("unpadded: a read position is a padding position")
-    if read is None and bool(real.all()):
+    no_padding = bool(real.all())
+    if read is None and no_padding:
         yield
         return
     _install(unwrap(model))
     prev = getattr(_ACTIVE, "state", None)
     _ACTIVE.state = {"shape": tuple(real.shape),  # index None: no padding, the modules run as they are
-                     "index": None if bool(real.all()) else real.reshape(-1).nonzero().squeeze(1),
+                     "index": None if no_padding else real.reshape(-1).nonzero().squeeze(1),
                      "read": None if read is None else read.reshape(-1).nonzero().squeeze(1), "stack": []}
     try:
         yield
