@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from sbs.export import ExportMeta
-from sbs.student.causal import PAD_SEGMENT
+from sbs.student.causal import PAD_SEGMENT, live_positions
 from sbs.student.collate import Collator
 from sbs.student.config import ModelConfig
 from sbs.student.losses import compute_loss
@@ -89,6 +89,7 @@ def test_loss_and_gradients_equal_the_padded_pass_and_padding_is_skipped(student
     b = next(iter(batch.values()))
     real = b["segments"] != PAD_SEGMENT
     assert not bool(real.all())  # the rows differ in length: there is padding to skip
+    n_live = int(real.sum()) - len(ROWS) * int(b["segments"].max())  # less each branch's EOS: nothing reads it
 
     def loss_and_grads():
         model.zero_grad()
@@ -101,12 +102,12 @@ def test_loss_and_gradients_equal_the_padded_pass_and_padding_is_skipped(student
     last, rest = split_last(model)
     out: dict[str, tuple] = {}
     seen = rows_seen(model, lambda: out.setdefault("unpadded", loss_and_grads()), rest)
-    assert seen and set(seen) == {(1, int(real.sum()))}  # every other hooked module ran on the real tokens only
+    assert seen and set(seen) == {(1, n_live)}  # every other hooked module ran on the live tokens only
     seen = rows_seen(model, lambda: out.setdefault("read", loss_and_grads()), last)
-    assert seen and set(seen) == {(1, int(read.sum()))} and read.sum() < real.sum()  # the last layer's: read ones
+    assert seen and set(seen) == {(1, int(read.sum()))} and read.sum() < n_live  # the last layer's: read ones
     with unpad.whole_last_layer():
         seen = rows_seen(model, lambda: out.setdefault("whole", loss_and_grads()))
-    assert set(seen) == {(1, int(real.sum()))}
+    assert set(seen) == {(1, n_live)}
     with unpad.padded():
         seen = rows_seen(model, lambda: out.setdefault("padded", loss_and_grads()))
     assert set(seen) == {tuple(real.shape)}
@@ -135,16 +136,30 @@ def test_without_padding_the_last_layer_still_runs_on_the_read_positions_only(st
             want = compute_loss(model, batch, "standard")[0]
         got = compute_loss(model, batch, "standard")[0]
     assert set(seen_last) == {(1, n_read)}
-    assert set(seen_rest) == {tuple(b["input_ids"].shape)}  # nothing to gather: run as they are
+    assert set(seen_rest) == {(1, b["input_ids"].numel() - len(rows))}  # every token but the EOS
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
-def test_a_read_position_must_be_a_real_one(student):
+def test_a_read_position_must_be_a_live_one(student):
     model, _ = student
-    real = torch.tensor([[True, True, False]])
-    with pytest.raises(ValueError, match="read position is a padding position"):
-        with unpad.unpadded(model, real, read=torch.tensor([[False, False, True]])):
+    live = torch.tensor([[True, True, False]])
+    with pytest.raises(ValueError, match="read position is not a live one"):
+        with unpad.unpadded(model, live, read=torch.tensor([[False, False, True]])):
             pass
+
+
+def test_live_positions_are_the_prefix_and_each_branch_up_to_its_last_read_position():
+    P, X = 0, PAD_SEGMENT
+    segments = torch.tensor([[P, P, 1, 1, 1, 2, 2, 2, 2, X],    # two branches, then padding
+                             [P, P, P, 1, 1, 1, 1, X, X, X]])   # one branch
+    keep = torch.zeros_like(segments, dtype=torch.bool)
+    keep[0, [2, 3, 5, 6, 7]] = True  # a branch is marker, targets, EOS: the marker and the targets
+    keep[1, [3, 4, 5]] = True        # predict the next target (the last one predicts the EOS)
+    want = torch.tensor([[1, 1, 1, 1, 0, 1, 1, 1, 0, 0],     # each branch's EOS predicts nothing
+                         [1, 1, 1, 1, 1, 1, 0, 0, 0, 0]], dtype=torch.bool)
+    assert torch.equal(live_positions(segments, keep), want)
+    keep[1] = False  # a row nothing reads: its prefix is still live (branch keys), its branch is not
+    assert live_positions(segments, keep)[1].tolist() == [True] * 3 + [False] * 7
 
 
 def test_only_the_thread_that_entered_skips_padding(student):

@@ -14,8 +14,9 @@ docs/student.md says why. With one branch the plain 2-D mask is used (no 4-D mas
 The LM head runs only at the positions whose next token is a target (`logits_to_keep` as a
 boolean mask): for Gemma 3 (262k vocabulary) that is most of a training step's cost otherwise.
 With a task output vocabulary (`sbs.student.vocab`) it also computes only that vocabulary's rows.
-The decoder's linear layers and MLPs skip the padding positions, and the last layer's query,
-output projection and MLP run at the kept positions only (`sbs.student.unpad`), always,
+The decoder's linear layers and MLPs skip the padding positions and each branch's final EOS token
+(`live_positions`: nothing reads it), and the last layer's query, output projection and MLP run at
+the kept positions only (`sbs.student.unpad`), always,
 and where training records gradients, Gemma's norms and MLP activation run as fused kernels
 (`sbs.student.fused`, unless `model.fused_kernels=false`). All are exact: tests/test_causal.py
 (tests/test_output_vocab.py for the vocabulary, tests/test_unpad.py for the padding,
@@ -131,6 +132,19 @@ def _param_dtype(model: Any) -> torch.dtype:
     return torch.float32
 
 
+def live_positions(segments: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """(B, T) bool: the positions whose outputs something reads. A prefix position is a key for every
+    branch; a branch position is read only by the kept positions at or after it in its own branch (a
+    branch attends to the prefix and itself), so a branch's tail after its last kept position (its
+    EOS token: it predicts nothing) is read by nothing and need not be computed at all."""
+    B, T = segments.shape
+    idx = torch.arange(T, device=segments.device).expand(B, T)
+    seg = segments.clamp(min=0)  # padding's -1 goes to the prefix's slot: masked out below
+    last_kept = torch.full((B, int(seg.max()) + 1), -1, dtype=torch.long, device=segments.device)
+    last_kept = last_kept.scatter_reduce(1, seg, torch.where(keep, idx, -1), "amax")
+    return (segments != PAD_SEGMENT) & ((segments == 0) | (idx <= last_kept.gather(1, seg)))
+
+
 def token_logprobs(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(log p of each target token, its segment, its row): the LM head runs on target positions only,
     and over the batch's output `vocab` only when it has one (-inf for a target outside it)."""
@@ -145,7 +159,7 @@ def token_logprobs(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Te
     else:  # one branch: an ordinary right-padded row, the default 2-D mask and positions
         kw["attention_mask"] = (segs != PAD_SEGMENT).long()
     vocab = batch.get("vocab")
-    with restricted_head(model, vocab), unpadded(model, segs != PAD_SEGMENT, keep), fused():
+    with restricted_head(model, vocab), unpadded(model, live_positions(segs, keep), keep), fused():
         logits = model(**kw).logits.float()  # (N, V or len(vocab)): one row per kept position
     targets = labels[:, 1:][keep[:, :-1]]
     logp = target_logprobs(logits, targets, vocab)

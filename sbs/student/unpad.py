@@ -1,19 +1,21 @@
-"""A causal student's position-wise layers run on real tokens only: padding costs no matmul.
+"""A causal student's position-wise layers run on live tokens only: padding costs no matmul.
 
 A batch of causal rows is right-padded to its longest row (CQA, batch 16: 1,136 positions for 916
 tokens). Most of a step is the decoder's linear layers (docs/student.md: 72% in `aten::mm`), and
-they, like the MLP's activation, act on each position alone. Inside `unpadded(model, real)` each
-such module gathers the real positions of its (B, T, ...) input, runs on those N rows alone, and
-scatters its output back, zeros at padding. Attention, norms and embeddings still run padded.
+they, like the MLP's activation, act on each position alone. Inside `unpadded(model, live)` each
+such module gathers the live positions of its (B, T, ...) input, runs on those N rows alone, and
+scatters its output back, zeros elsewhere. Attention, norms and embeddings still run padded. The
+live positions are the real tokens less those nothing reads (`causal.live_positions`: a branch's
+EOS token, which predicts nothing and is a key only for itself).
 
-Exact for every real position (up to float rounding: the products run over fewer rows). A padding
-position then holds other values than in a padded pass, but nothing real reads it. Rows are
-right-padded, so a causal query never reaches a later padding key, and the mask (the 2-D padding
-mask or `causal.block_mask`) excludes padding keys anyway; no loss or score is taken there.
-tests/test_unpad.py compares losses and gradients with padded passes.
+Exact for every live position (up to float rounding: the products run over fewer rows). Another
+position then holds other values than in a padded pass, but no live one reads it: rows are
+right-padded and a causal query never reaches a later key, the mask (the 2-D padding mask or
+`causal.block_mask`) excludes padding keys and another branch's tokens, and no loss or score is
+taken there. tests/test_unpad.py compares losses and gradients with padded passes.
 
 The last decoder layer goes further when the caller says which positions are read (`read`: the
-positions whose output reaches the LM head, a subset of the real ones). Nothing but the head reads
+positions whose output reaches the LM head, a subset of the live ones). Nothing but the head reads
 that layer's output, so at any other position only its keys and values matter (earlier positions
 are keys for the read ones). Its query projection, attention output projection and MLP
 (`last_layer_modules`: `q_proj`, `o_proj`, `mlp` by name; key and value projections never) then run
@@ -27,7 +29,7 @@ The modules hooked are the top-most position-wise ones of the model body: every 
 linear layer outside one (attention projections, with their LoRA adapters where peft wrapped
 them), never the LM head (`logits_to_keep` already limits it). A module that returns a tuple (a
 mixture-of-experts MLP: hidden states, router logits) gets its first element scattered back and
-the rest returned as computed on the rows it ran on (the real tokens; the read ones in the last
+the rest returned as computed on the rows it ran on (the live tokens; the read ones in the last
 layer: sbs takes no router loss). The hooks are installed once per
 model and act only in the thread that entered `unpadded` (a Serve replica may generate in another
 thread with the same model), as `sbs.student.vocab.restricted_head` does. They act during the
@@ -136,7 +138,7 @@ def _scatter(module: torch.nn.Module, args: tuple[Any, ...], out: Any) -> Any:
         return None
     B, T = state["shape"]
     rest = None
-    if isinstance(out, tuple):  # e.g. a mixture-of-experts MLP: (hidden states, router logits of the real tokens)
+    if isinstance(out, tuple):  # e.g. a mixture-of-experts MLP: (hidden states, router logits of the live tokens)
         out, rest = out[0], out[1:]
     y = out[0]  # (N, ...): this module's output at the positions it ran on
     full = y.new_zeros(B * T, *y.shape[1:]).index_copy(0, index, y).view(B, T, *y.shape[1:])
@@ -156,10 +158,10 @@ def _install(body: torch.nn.Module) -> None:
 
 
 @contextmanager
-def unpadded(model: Any, real: torch.Tensor, read: torch.Tensor | None = None) -> Iterator[None]:
+def unpadded(model: Any, live: torch.Tensor, read: torch.Tensor | None = None) -> Iterator[None]:
     """Within the block, in this thread, the model's position-wise modules run on the positions where
-    `real` (B, T, bool) is true and only there, and the last layer's `last_layer_modules` on those
-    where `read` (B, T, bool, within `real`) is. A batch with no padding and no `read` runs as it
+    `live` (B, T, bool) is true and only there, and the last layer's `last_layer_modules` on those
+    where `read` (B, T, bool, within `live`) is. A batch that is all live, with no `read`, runs as it
     is; inside `padded()` everything does, and inside `whole_last_layer()` `read` is ignored."""
     off = getattr(_ACTIVE, "off", set())
     if "padding" in off:
@@ -167,16 +169,16 @@ def unpadded(model: Any, real: torch.Tensor, read: torch.Tensor | None = None) -
         return
     if "last_layer" in off:
         read = None
-    if read is not None and bool((read & ~real).any()):
-        raise ValueError("unpadded: a read position is a padding position")
-    no_padding = bool(real.all())
-    if read is None and no_padding:
+    if read is not None and bool((read & ~live).any()):
+        raise ValueError("unpadded: a read position is not a live one")
+    all_live = bool(live.all())
+    if read is None and all_live:
         yield
         return
     _install(unwrap(model))
     prev = getattr(_ACTIVE, "state", None)
-    _ACTIVE.state = {"shape": tuple(real.shape),  # index None: no padding, the modules run as they are
-                     "index": None if no_padding else real.reshape(-1).nonzero().squeeze(1),
+    _ACTIVE.state = {"shape": tuple(live.shape),  # index None: all live, the modules run as they are
+                     "index": None if all_live else live.reshape(-1).nonzero().squeeze(1),
                      "read": None if read is None else read.reshape(-1).nonzero().squeeze(1), "stack": []}
     try:
         yield
@@ -202,5 +204,5 @@ def padded() -> Any:
 
 def whole_last_layer() -> Any:
     """Within the block, in this thread, `unpadded` skips the padding but runs the last layer at
-    every real position (benchmarks/student_step.py's reference for the read positions' saving)."""
+    every live position (benchmarks/student_step.py's reference for the read positions' saving)."""
     return _switched_off("last_layer")
