@@ -3,6 +3,7 @@
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/student_step.py      # Gemma 3 270M, CQA, batch 16
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/student_step.py --model minilm --dataset svamp
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/student_step.py --model tiny-t5 --steps 20
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/student_step.py --lora-r 16 --choice-layout before  # sweep 12's inputs
 
 One process, no Ray: a training worker's own step (sbs.student.loop.optimizer_step: Collator,
 loss, AdamW, warm-up schedule and gradient clipping),
@@ -43,7 +44,7 @@ from sbs.student.recorded import write_accepted
 from sbs.student.unpad import padded, whole_last_layer
 
 
-def recorded_rows(dataset: str, n: int | None) -> list[dict[str, str]]:
+def recorded_rows(dataset: str, n: int | None, layout: str = "after") -> list[dict[str, str]]:
     from sbs.datasets import get_dataset
 
     ds = get_dataset(dataset)
@@ -52,7 +53,8 @@ def recorded_rows(dataset: str, n: int | None) -> list[dict[str, str]]:
         write_accepted(dataset, split, d)
         acc = read_accepted(d)
     ex = [e for e in ds.load(split) if e.id in acc][:n]  # n=None: all of them
-    return [{"id": e.id, "input": e.input, "label": e.label, "rationale": acc[e.id]["rationale"]} for e in ex]
+    return [{"id": e.id, "input": ds.student_text(e.fields, layout), "label": e.label,
+             "rationale": acc[e.id]["rationale"]} for e in ex]
 
 
 def hf_default_loss(model, batch, method: str, weight: float):
@@ -67,7 +69,8 @@ def make_cfg(args, method: str, batch: int, vocab: str = "full") -> StudentTrain
         "model": {"name": args.model, "lora_r": args.lora_r, "lora_layers": args.lora_layers,
                   "output_vocab": vocab},
         "data": {"dataset": args.dataset, "rationales": "recorded", "max_input_length": args.max_input,
-                 "max_label_length": args.max_label, "max_rationale_length": args.max_rationale},
+                 "max_label_length": args.max_label, "max_rationale_length": args.max_rationale,
+                 "choice_layout": args.choice_layout},
         "method": {"name": method},
         "train": {"engine": "ddp", "global_batch": batch, "micro_batch": batch, "lr": 1e-5, "warmup_steps": 1}})
 
@@ -154,6 +157,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: OMP_NUM_THREADS)")
+    p.add_argument("--choice-layout", choices=["after", "before", "none"], default="after",
+                   help="data.choice_layout of a dataset whose input lists choices (CQA; sweep 12 trains with before)")
     p.add_argument("--max-input", type=int, default=128)
     p.add_argument("--max-label", type=int, default=32)
     p.add_argument("--max-rationale", type=int, default=128)
@@ -174,7 +179,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     model, tok, kind = build_trainable(ModelConfig(name=args.model, lora_r=args.lora_r, lora_layers=args.lora_layers))
-    rows = recorded_rows(args.dataset, args.batch)
+    rows = recorded_rows(args.dataset, args.batch, args.choice_layout)
     kinds = {"full": ["full"], "task": ["task"], "both": ["full", "task"]}[args.output_vocab]
     if kind != "causal":  # a task vocabulary is for causal students
         kinds = ["full"]
@@ -182,7 +187,7 @@ def main() -> None:
     if "task" in kinds:
         from sbs.student.vocab import task_vocab
 
-        every = recorded_rows(args.dataset, None)
+        every = recorded_rows(args.dataset, None, args.choice_layout)
         for m in ("standard", "multitask"):  # each method's own training rows (standard's hold no rationale)
             vocabs[m] = task_vocab(make_cfg(args, m, args.batch, "task"),
                                    [dict(r, rationale=r["rationale"] if m == "multitask" else "") for r in every])
@@ -203,7 +208,8 @@ def main() -> None:
     res = time_interleaved(variants, opt, sched, args.warmup, args.steps)
     if args.profile:  # one more step of that variant, with the optimizer the timed steps warmed up
         variants[args.profile + ("_task_vocab" if kinds[-1] == "task" else "")].profile(opt, sched)
-    out = {"model": args.model, "dataset": args.dataset, "lora_r": args.lora_r, "lora_layers": args.lora_layers,
+    out = {"model": args.model, "dataset": args.dataset, "choice_layout": args.choice_layout,
+           "lora_r": args.lora_r, "lora_layers": args.lora_layers,
            "output_vocab": args.output_vocab, **{f"{m}_vocab_size": len(v) for m, v in vocabs.items()},
            "batch": args.batch, "threads": torch.get_num_threads(), "steps": args.steps,
            **{f"{m}_{k}": round(v, 4) for m, r in res.items() for k, v in r.items()}}
