@@ -15,7 +15,7 @@ causal multi-task step as one pass over the shared input; the paper's two-pass s
 extra forward+backward); for causal students, HF's default loss (`model(..., labels=)`: logits
 over the whole vocabulary at every position) / sbs's (logits at target positions only), same
 batch; sbs's standard step with the padding run through every layer / the same step skipping it,
-the last layer run whole in both (`sbs.student.unpad`); sbs's standard step with the last layer run at every real position /
+the last layer run whole in both (`sbs.student.unpad`); sbs's standard step with the last layer run at every live position /
 the same step running its query, output projection and MLP at the LM head's positions only
 (`unpad.whole_last_layer()`); and sbs's standard step with the modules' own eager kernels / the same
 step with fused ones (`sbs.student.fused`; the first step, which compiles them, is a warm-up step).

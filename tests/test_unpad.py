@@ -1,6 +1,6 @@
-"""Position-wise layers on real tokens only (sbs.student.unpad): they do skip the padding, and the
-losses, scores and gradients are those of a padded pass (test_causal.py compares the same paths
-with separate unpadded forward passes per row)."""
+"""Position-wise layers on live tokens only (sbs.student.unpad): they do skip the padding and each
+branch's EOS, and the losses, scores and gradients are those of a padded pass (test_causal.py
+compares the same paths with separate unpadded forward passes per row)."""
 from __future__ import annotations
 
 import threading
@@ -89,7 +89,8 @@ def test_loss_and_gradients_equal_the_padded_pass_and_padding_is_skipped(student
     b = next(iter(batch.values()))
     real = b["segments"] != PAD_SEGMENT
     assert not bool(real.all())  # the rows differ in length: there is padding to skip
-    n_live = int(real.sum()) - len(ROWS) * int(b["segments"].max())  # less each branch's EOS: nothing reads it
+    # less each branch's EOS, which nothing reads (every row of ROWS has every branch)
+    n_live = int(real.sum()) - len(ROWS) * int(b["segments"].max())
 
     def loss_and_grads():
         model.zero_grad()
@@ -160,6 +161,8 @@ def test_live_positions_are_the_prefix_and_each_branch_up_to_its_last_read_posit
     assert torch.equal(live_positions(segments, keep), want)
     keep[1] = False  # a row nothing reads: its prefix is still live (branch keys), its branch is not
     assert live_positions(segments, keep)[1].tolist() == [True] * 3 + [False] * 7
+    keep[0, [2, 3]] = False  # an earlier branch with nothing read, a later one read: the first is dead
+    assert live_positions(segments, keep)[0].tolist() == [True] * 2 + [False] * 3 + [True] * 3 + [False] * 2
 
 
 def test_only_the_thread_that_entered_skips_padding(student):
@@ -190,7 +193,7 @@ def test_only_the_thread_that_entered_skips_padding(student):
 
 def test_a_module_returning_a_tuple_gets_its_first_element_scattered_and_the_rest_as_computed():
     """A mixture-of-experts MLP returns (hidden states, router logits): the first is scattered back
-    to (B, T, ...), the rest stays what the module computed on the real tokens."""
+    to (B, T, ...), the rest stays what the module computed on the live tokens."""
     class MoE(torch.nn.Module):
         def forward(self, x):
             return x * 2, x.sum(-1)

@@ -19,7 +19,7 @@ The decoder's linear layers and MLPs skip the padding positions and each branch'
 the kept positions only (`sbs.student.unpad`), always,
 and where training records gradients, Gemma's norms and MLP activation run as fused kernels
 (`sbs.student.fused`, unless `model.fused_kernels=false`). All are exact: tests/test_causal.py
-(tests/test_output_vocab.py for the vocabulary, tests/test_unpad.py for the padding,
+(tests/test_output_vocab.py for the vocabulary, tests/test_unpad.py for the skipped positions,
 tests/test_fused.py for the kernels) compare against plain forward passes.
 """
 from __future__ import annotations

@@ -6,7 +6,7 @@ they, like the MLP's activation, act on each position alone. Inside `unpadded(mo
 such module gathers the live positions of its (B, T, ...) input, runs on those N rows alone, and
 scatters its output back, zeros elsewhere. Attention, norms and embeddings still run padded. The
 live positions are the real tokens less those nothing reads (`causal.live_positions`: a branch's
-EOS token, which predicts nothing and is a key only for itself).
+EOS token, which predicts nothing and which no live position reads).
 
 Exact for every live position (up to float rounding: the products run over fewer rows). Another
 position then holds other values than in a padded pass, but no live one reads it: rows are
@@ -203,6 +203,6 @@ def padded() -> Any:
 
 
 def whole_last_layer() -> Any:
-    """Within the block, in this thread, `unpadded` skips the padding but runs the last layer at
-    every live position (benchmarks/student_step.py's reference for the read positions' saving)."""
+    """Within the block, in this thread, `unpadded` skips the positions that are not live but runs
+    the last layer at every live position (benchmarks/student_step.py's reference for the read positions' saving)."""
     return _switched_off("last_layer")
