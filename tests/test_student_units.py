@@ -498,7 +498,8 @@ def test_background_build_runs_in_its_own_lowest_priority_session():
     import sys
 
     code = ("import os; from sbs.student.ds_ops import lower_priority; lower_priority(); "
-            "print(os.getsid(0) == os.getpid(), os.nice(0), os.sched_getscheduler(0) == os.SCHED_IDLE); "
+            # flush: exec replaces the process, and a piped stdout is block-buffered (PYTHONUNBUFFERED unset)
+            "print(os.getsid(0) == os.getpid(), os.nice(0), os.sched_getscheduler(0) == os.SCHED_IDLE, flush=True); "
             "os.execvp('sh', ['sh', '-c', 'cat /proc/self/autogroup 2>/dev/null; echo; nice'])")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
