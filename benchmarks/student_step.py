@@ -17,8 +17,9 @@ over the whole vocabulary at every position) / sbs's (logits at target positions
 batch; sbs's standard step with the padding run through every layer / the same step skipping it,
 the last layer run whole in both (`sbs.student.unpad`); sbs's standard step with the last layer run at every live position /
 the same step running its query, output projection and MLP at the LM head's positions only
-(`unpad.whole_last_layer()`); and sbs's standard step with the modules' own eager kernels / the same
-step with fused ones (`sbs.student.fused`; the first step, which compiles them, is a warm-up step).
+(`unpad.whole_last_layer()`); and sbs's standard step with the modules' own eager forward / the same
+step with fused kernels and LoRA functions (`sbs.student.fused`; the first step, which compiles the
+kernels, is a warm-up step).
 Causal students are timed with the whole vocabulary and with the task's
 (`model.output_vocab=task`, docs/student.md), unless --output-vocab picks one. Not a test.
 """

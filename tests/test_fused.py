@@ -58,20 +58,91 @@ def test_the_fused_step_has_the_eager_steps_loss_and_gradients(student, method):
         return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
     seen: list[str] = []
-    compiled = fused._kernel
+    lora_calls: list[int] = []
+    compiled, apply = fused._kernel, fused.LoraLinear.apply
     try:  # count the calls that take the fused path
         fused._kernel = lambda fn: (seen.append(fn.__name__), compiled(fn))[1]
+        fused.LoraLinear.apply = lambda *a: (lora_calls.append(1), apply(*a))[1]
         loss, grads = loss_and_grads()
     finally:
         fused._kernel = compiled
+        fused.LoraLinear.apply = apply
     with fused.eager():
         ref_loss, ref_grads = loss_and_grads()
     assert set(seen) == {"gemma_rms_norm", "gelu_tanh_gate"}
+    # every LoRA layer (7 a layer: the attention's 4 projections, the MLP's 3) took the function once
+    assert len(lora_calls) == (7 * model.config.num_hidden_layers if student_lora(model) else 0)
     assert not fused._BROKEN, fused._BROKEN
     torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)
     assert grads.keys() == ref_grads.keys() and grads
     for n in grads:
         torch.testing.assert_close(grads[n], ref_grads[n], rtol=1e-4, atol=1e-6, msg=n)
+
+
+def student_lora(model) -> bool:
+    return any("lora_A" in n for n, _ in model.named_parameters())
+
+
+def peft_layer(r: int = 4, bias: bool = False, dropout: float = 0.0):
+    from peft import LoraConfig, get_peft_model
+
+    class One(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = torch.nn.Linear(12, 20, bias=bias)
+
+        def forward(self, x):
+            return self.proj(x)
+
+    torch.manual_seed(0)
+    model = get_peft_model(One(), LoraConfig(r=r, lora_alpha=8, lora_dropout=dropout, target_modules=["proj"]))
+    layer = model.base_model.model.proj
+    torch.nn.init.normal_(layer.lora_B["default"].weight)  # peft starts B at zero: the adapter would add nothing
+    fused.install(model)
+    return model, layer
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("frozen_base", [True, False])
+def test_the_lora_function_has_pefts_output_and_gradients(bias, frozen_base):
+    model, layer = peft_layer(bias=bias)
+    for p in layer.base_layer.parameters():
+        p.requires_grad_(not frozen_base)
+    x0 = torch.randn(3, 5, 12)
+
+    def out_and_grads():
+        model.zero_grad()
+        x = x0.clone().requires_grad_()
+        y = layer(x)
+        (y * torch.linspace(-1, 1, y.shape[-1])).sum().backward()
+        return y.detach(), x.grad, {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    with fused.fused():
+        assert fused._lora_parts(layer, x0) is not None
+        y, gx, grads = out_and_grads()
+    ref_y, ref_gx, ref_grads = out_and_grads()  # outside fused(): peft's own forward
+    torch.testing.assert_close(y, ref_y, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(gx, ref_gx, rtol=1e-5, atol=1e-6)
+    assert grads.keys() == ref_grads.keys() and len(grads) == 2 + (not frozen_base) * (1 + bias)
+    for n in grads:
+        torch.testing.assert_close(grads[n], ref_grads[n], rtol=1e-5, atol=1e-5, msg=n)
+
+
+def test_a_lora_layer_the_function_does_not_cover_runs_pefts_forward():
+    x = torch.randn(2, 12)
+    with fused.fused():
+        _, plain = peft_layer()
+        assert fused._lora_parts(plain, x) is not None
+        _, dropout = peft_layer(dropout=0.1)  # dropout on the adapter's input
+        assert fused._lora_parts(dropout, x) is None
+        assert fused._lora_parts(plain, x.double()) is None  # another dtype than the weights'
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert fused._lora_parts(plain, x) is None
+        plain.enable_adapters(False)
+        assert fused._lora_parts(plain, x) is None
+        plain.enable_adapters(True)
+        plain.merge()  # the adapter is in the base weight
+        assert fused._lora_parts(plain, x) is None
 
 
 def test_no_fused_kernel_runs_without_gradients_or_outside_a_step(student):

@@ -47,9 +47,10 @@ class ModelConfig(Config):
                                                   "training rows and of the candidate answers: "
                                                   "sbs.student.vocab), exactly in training, generation and "
                                                   "choice scoring; 'full': the whole vocabulary")
-    fused_kernels: bool = Field(True, description="training steps run the Gemma 3 family's RMSNorms and MLP "
-                                "activation as fused kernels compiled by torch.compile (exact up to float "
-                                "rounding: sbs.student.fused); false: the modules' own eager forward")
+    fused_kernels: bool = Field(True, description="causal training steps run the Gemma 3 family's RMSNorms and "
+                                "MLP activation as fused kernels compiled by torch.compile, and LoRA layers as "
+                                "one function each (exact up to float rounding: sbs.student.fused); false: the "
+                                "modules' own eager forward")
 
 
 class DataConfig(Config):

@@ -1,4 +1,5 @@
-"""A causal student's elementwise chains run as fused kernels in training steps (torch.compile).
+"""A causal student's elementwise chains run as fused kernels in training steps (torch.compile), and
+its LoRA layers as one function each.
 
 Once the linear layers skip the padding (`sbs.student.unpad`), most of what is left of a Gemma 3
 training step outside the matrix products is chains of small elementwise kernels, each reading
@@ -9,16 +10,25 @@ is about 7 kernels forward and 10 backward) and the gated MLP's `gelu_tanh(gate)
 backward, once per process (dynamic shapes: a few kernels serve every batch and length; inductor's
 on-disk cache serves later processes).
 
+A LoRA layer (peft's `lora.Linear`: y = x W^T + b + s (x A^T) B^T) runs as one autograd function,
+`LoraLinear`, in place of peft's forward of four modules. Its adapter's product is added into the
+base layer's output by the matrix product itself (`addmm_`, alpha = s) instead of by a scaling and
+an addition over the whole output, forward and backward, and its backward computes B's gradient as
+(x A^T)^T dY, the layout that runs fastest. It takes one plain adapter only (one active, no
+dropout, no DoRA or other variant, no LoRA bias, an `nn.Linear` base, one dtype, no autocast, no
+ZeRO-3 partitioning, whose hooks gather a module's parameters only when that module is called);
+any other layer runs peft's forward.
+
 Exact up to float rounding: the same operations, in fp32, computed in other kernels.
 tests/test_fused.py compares outputs and gradients with the modules' own forward.
 
-Only modules whose formula is known are fused (`NORMS`, `MLPS`: the Gemma 3 family); every other
-module runs as it is. Like `sbs.student.unpad`, the modules' forwards are replaced once per model
-and the fused kernels act only in the thread that entered `fused` and only where gradients are
-recorded: Serve replicas, generation and evaluation run the modules' own forward. The first call
-compiles (about half a minute on 2 cores, a few seconds from inductor's cache); a machine where
-compilation fails (no C++ compiler) falls back to the eager forward with one warning.
-`model.fused_kernels=false` turns it off.
+Only modules whose formula is known are fused (`NORMS`, `MLPS`: the Gemma 3 family; LoRA layers
+of any causal student); every other module runs as it is. Like `sbs.student.unpad`, the modules'
+forwards are replaced once per model and the fused kernels act only in the thread that entered
+`fused` and only where gradients are recorded: Serve replicas, generation and evaluation run the
+modules' own forward. The first call compiles (about half a minute on 2 cores, a few seconds from
+inductor's cache); a machine where compilation fails (no C++ compiler) falls back to the eager
+forward with one warning. `model.fused_kernels=false` turns it off.
 """
 from __future__ import annotations
 
@@ -56,6 +66,60 @@ def gelu_tanh_gate(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
 # class name -> the formula its forward computes (checked against it by tests/test_fused.py)
 NORMS = {"Gemma3RMSNorm": gemma_rms_norm}
 MLPS = {"Gemma3MLP": gelu_tanh_gate}  # down_proj(act(gate_proj(x)) * up_proj(x)), act GELU (tanh)
+
+
+class LoraLinear(torch.autograd.Function):
+    """y = x W^T + b + s (x A^T) B^T and its gradients, for x (..., K), W (N, K), b (N) or None,
+    A (r, K), B (N, r): peft's LoRA layer with one plain adapter (see the module docstring)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, a: torch.Tensor,
+                b: torch.Tensor, scale: float) -> torch.Tensor:
+        x2 = x.reshape(-1, x.shape[-1])
+        xa = torch.mm(x2, a.t())
+        y = torch.mm(x2, weight.t()) if bias is None else torch.addmm(bias, x2, weight.t())
+        y.addmm_(xa, b.t(), alpha=scale)
+        ctx.save_for_backward(x2, weight, a, b, xa)
+        ctx.scale, ctx.has_bias = scale, bias is not None
+        return y.view(*x.shape[:-1], weight.shape[0])
+
+    @staticmethod
+    def backward(ctx: Any, dy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x2, weight, a, b, xa = ctx.saved_tensors
+        need_x, need_w, need_bias, need_a, need_b, _ = ctx.needs_input_grad
+        dy2 = dy.reshape(-1, dy.shape[-1])
+        dxa = torch.mm(dy2, b).mul_(ctx.scale)  # the gradient at x A^T
+        dx = dw = dbias = da = db = None
+        if need_x:
+            dx = torch.mm(dy2, weight).addmm_(dxa, a).view(*dy.shape[:-1], weight.shape[1])
+        if need_w:  # a trained base weight (LoRA leaves it frozen)
+            dw = torch.mm(dy2.t(), x2)
+        if need_bias and ctx.has_bias:
+            dbias = dy2.sum(0)
+        if need_a:
+            da = torch.mm(dxa.t(), x2)
+        if need_b:
+            db = torch.mm(xa.t(), dy2).t().mul_(ctx.scale)
+        return dx, dw, dbias, da, db, None
+
+
+def _lora_parts(m: torch.nn.Module, x: torch.Tensor) -> tuple[Any, ...] | None:
+    """(W, b, A, B, s) of a peft LoRA layer that `LoraLinear` computes exactly as peft would, else None."""
+    if m.disable_adapters or m.merged or len(m.active_adapters) != 1:
+        return None
+    name = m.active_adapters[0]
+    if name not in m.lora_A or name in getattr(m, "lora_variant", {}):
+        return None
+    lora_a, lora_b, base = m.lora_A[name], m.lora_B[name], m.get_base_layer()
+    if (type(base) is not torch.nn.Linear or not isinstance(m.lora_dropout[name], torch.nn.Identity)
+            or lora_a.bias is not None or lora_b.bias is not None):
+        return None
+    w, a, b = base.weight, lora_a.weight, lora_b.weight
+    if any(hasattr(p, "ds_id") for p in (w, a, b)):  # ZeRO-3: gathered only when their module is called
+        return None
+    if not (x.dtype == w.dtype == a.dtype == b.dtype) or torch.is_autocast_enabled(x.device.type):
+        return None
+    return w, base.bias, a, b, float(m.scaling[name])
 
 
 def _kernel(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
@@ -104,12 +168,27 @@ def _mlp_forward(self: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return self.down_proj(_run(MLPS[type(self).__name__], self.gate_proj(x), self.up_proj(x)))
 
 
+def _lora_forward(self: torch.nn.Module, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    parts = _lora_parts(self, x) if _on() and not args and not kwargs else None
+    if parts is None:
+        return type(self).forward(self, x, *args, **kwargs)
+    return LoraLinear.apply(x, *parts)
+
+
+def _is_lora_linear(m: torch.nn.Module) -> bool:
+    try:
+        from peft.tuners.lora.layer import Linear
+    except ImportError:  # pragma: no cover - peft is a core dependency
+        return False
+    return type(m) is Linear
+
+
 def fusable(model: Any) -> list[torch.nn.Module]:
-    """The modules of the model that `fused` runs as fused kernels, in model order."""
+    """The modules of the model that `fused` runs as fused kernels or functions, in model order."""
     out = []
     for m in unwrap(model).modules():
         name = type(m).__name__
-        if name in NORMS or (name in MLPS and _gelu_tanh(getattr(m, "act_fn", None))):
+        if name in NORMS or (name in MLPS and _gelu_tanh(getattr(m, "act_fn", None))) or _is_lora_linear(m):
             out.append(m)
     return out
 
@@ -128,7 +207,9 @@ def install(model: Any) -> int:
     with _LOCK:
         if not getattr(body, "_sbs_fused", False):
             for m in mods:
-                m.forward = types.MethodType(_norm_forward if type(m).__name__ in NORMS else _mlp_forward, m)
+                forward = (_norm_forward if type(m).__name__ in NORMS else _lora_forward if _is_lora_linear(m)
+                           else _mlp_forward)
+                m.forward = types.MethodType(forward, m)
             body._sbs_fused = True
     return len(mods)
 

@@ -184,11 +184,16 @@ def build_student(cfg: ModelConfig) -> tuple[Any, Any, str]:
 def build_trainable(cfg: ModelConfig) -> tuple[Any, Any, str]:
     """`build_student` plus, with `lora_r > 0`, peft LoRA adapters (only they train), and with
     `fused_kernels`, fused training kernels for the modules `sbs.student.fused` knows."""
-    model, tok, kind = build_student(cfg)
-    if cfg.fused_kernels:
+    model, tok, kind = _with_lora(cfg, *build_student(cfg))
+    if cfg.fused_kernels:  # after LoRA: its layers are among the modules fused
         from sbs.student.fused import install
 
         install(model)
+    return model, tok, kind
+
+
+def _with_lora(cfg: ModelConfig, model: Any, tok: Any, kind: str) -> tuple[Any, Any, str]:
+    """The student with peft LoRA adapters on `model.lora_targets` when `model.lora_r > 0`."""
     if not cfg.lora_r:
         return model, tok, kind
     if kind == "encoder_decoder":
