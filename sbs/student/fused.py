@@ -80,7 +80,7 @@ class LoraLinear(torch.autograd.Function):
         y = torch.mm(x2, weight.t()) if bias is None else torch.addmm(bias, x2, weight.t())
         y.addmm_(xa, b.t(), alpha=scale)
         ctx.save_for_backward(x2, weight, a, b, xa)
-        ctx.scale, ctx.has_bias = scale, bias is not None
+        ctx.scale = scale
         return y.view(*x.shape[:-1], weight.shape[0])
 
     @staticmethod
@@ -94,7 +94,7 @@ class LoraLinear(torch.autograd.Function):
             dx = torch.mm(dy2, weight).addmm_(dxa, a).view(*dy.shape[:-1], weight.shape[1])
         if need_w:  # a trained base weight (LoRA leaves it frozen)
             dw = torch.mm(dy2.t(), x2)
-        if need_bias and ctx.has_bias:
+        if need_bias:  # False where there is no bias
             dbias = dy2.sum(0)
         if need_a:
             da = torch.mm(dxa.t(), x2)
